@@ -1,0 +1,269 @@
+"""Train state and the jit-compiled training step (SPEC section 5).
+
+One step: D phase, G phase, EMA of D and G, enqueue. Everything the step needs
+that is not an array (network shapes, loss weights, optimiser settings) lives
+in the static `StepSpec` carried by the state, so `train_step(state, batch)`
+is a single jitted function of arrays.
+"""
+import dataclasses
+import functools
+from typing import Any, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sgan_jax import losses
+from sgan_jax.models import Discriminator, Generator
+
+G_MUTABLE = ("batch_stats", "spectral")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Static, hashable description of the networks, losses and optimisers."""
+  image_size: int
+  num_classes: int
+  d_widths: Tuple[int, ...]
+  d_blocks_per_stage: int
+  embed_dim: int
+  channels_per_group: int
+  g_ch: int
+  g_depth: int
+  z_dim: int
+  queue_size: int
+  eps: float
+  knn_k: int
+  skip_nearest_fake: bool
+  renormalize_mean: bool
+  jacobian_iters: int
+  knn_weight: float
+  smoothness_weight: float
+  norm_hinge_weight: float
+  probe_weight: float
+  d_lr: float
+  g_lr: float
+  b1: float
+  b2: float
+  adam_eps: float
+  d_weight_decay: float
+  ema_decay: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSpec":
+    m, l, o = config.model, config.loss, config.optim
+    return cls(
+        image_size=config.image_size, num_classes=config.num_classes,
+        d_widths=tuple(m.d_widths), d_blocks_per_stage=m.d_blocks_per_stage,
+        embed_dim=m.embed_dim, channels_per_group=m.channels_per_group,
+        g_ch=m.g_ch, g_depth=m.g_depth, z_dim=m.z_dim,
+        queue_size=config.queue_size, eps=l.eps, knn_k=l.knn_k,
+        skip_nearest_fake=l.skip_nearest_fake,
+        renormalize_mean=l.renormalize_mean, jacobian_iters=l.jacobian_iters,
+        knn_weight=l.knn_weight, smoothness_weight=l.smoothness_weight,
+        norm_hinge_weight=l.norm_hinge_weight, probe_weight=l.probe_weight,
+        d_lr=o.d_lr, g_lr=o.g_lr, b1=o.b1, b2=o.b2, adam_eps=o.adam_eps,
+        d_weight_decay=o.d_weight_decay, ema_decay=o.ema_decay)
+
+  def discriminator(self) -> Discriminator:
+    return Discriminator(self.image_size, self.d_widths,
+                         self.d_blocks_per_stage, self.embed_dim,
+                         self.num_classes, self.channels_per_group)
+
+  def generator(self) -> Generator:
+    return Generator(self.image_size, self.g_ch, self.g_depth, self.z_dim)
+
+  def d_optimizer(self) -> optax.GradientTransformation:
+    # Decoupled weight decay on every D and probe parameter, as torch AdamW.
+    return optax.adamw(self.d_lr, self.b1, self.b2, self.adam_eps,
+                       weight_decay=self.d_weight_decay)
+
+  def g_optimizer(self) -> optax.GradientTransformation:
+    return optax.adam(self.g_lr, self.b1, self.b2, self.adam_eps)
+
+  def loss_kwargs(self) -> Dict[str, Any]:
+    return dict(eps=self.eps, k=self.knn_k,
+                skip_nearest_fake=self.skip_nearest_fake,
+                knn_weight=self.knn_weight,
+                renormalize_mean=self.renormalize_mean)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one immutable pytree."""
+  step: jax.Array            # int32 scalar
+  rng: jax.Array             # raw uint32 PRNG key [2]
+  d_params: Any
+  d_opt_state: Any
+  d_ema_params: Any
+  g_params: Any
+  g_opt_state: Any
+  g_ema_params: Any
+  g_state: Any               # {'batch_stats': ..., 'spectral': ...}
+  queue_emb: jax.Array       # [K, embed_dim] past real unit embeddings
+  queue_keys: jax.Array      # [K, backbone width] past EMA keys
+  queue_ptr: jax.Array       # int32 scalar, next write row
+  spec: StepSpec = flax.struct.field(pytree_node=False)
+
+
+def _unit_rows(key, shape):
+  x = jax.random.normal(key, shape)
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def create_train_state(config: ml_collections.ConfigDict,
+                       rng: jax.Array) -> TrainState:
+  """Initialises D, G, their EMAs (as copies), optimisers and the queue."""
+  return _init_state(StepSpec.from_config(config), rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(spec: StepSpec, rng: jax.Array) -> TrainState:
+  # Jitted: eager init of G's many small layers costs seconds of dispatch.
+  d, g = spec.discriminator(), spec.generator()
+  k_d, k_g, k_qe, k_qk, rng = jax.random.split(rng, 5)
+  size = spec.image_size
+  d_params = d.init(k_d, jnp.zeros((2, size, size, 3)))["params"]
+  g_vars = g.init(k_g, jnp.zeros((2, spec.z_dim)))
+  g_params = g_vars["params"]
+  g_state = {c: g_vars[c] for c in G_MUTABLE}
+  # The EMAs start as copies, not aliases: aliased buffers break donation.
+  copy = lambda t: jax.tree.map(jnp.copy, t)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=rng,
+      d_params=d_params, d_opt_state=spec.d_optimizer().init(d_params),
+      d_ema_params=copy(d_params),
+      g_params=g_params, g_opt_state=spec.g_optimizer().init(g_params),
+      g_ema_params=copy(g_params), g_state=g_state,
+      queue_emb=_unit_rows(k_qe, (spec.queue_size, spec.embed_dim)),
+      queue_keys=_unit_rows(k_qk, (spec.queue_size, spec.d_widths[-1])),
+      queue_ptr=jnp.zeros((), jnp.int32), spec=spec)
+
+
+def draw_step_noise(spec: StepSpec, rng, batch_size: int) -> Dict[str, jax.Array]:
+  """The step's random draws: z for each phase and the power iteration's u."""
+  k_zd, k_zg, k_u = jax.random.split(rng, 3)
+  return dict(
+      z_d=jax.random.normal(k_zd, (batch_size, spec.z_dim)),
+      z_g=jax.random.normal(k_zg, (batch_size, spec.z_dim)),
+      u=jax.random.normal(k_u, (2 * batch_size, spec.embed_dim)))
+
+
+def _split(tree, n):
+  """Splits every leaf of a batch-major pytree into its first n rows and rest."""
+  return (jax.tree.map(lambda a: a[:n], tree), jax.tree.map(lambda a: a[n:], tree))
+
+
+def generate(spec: StepSpec, g_params, g_state, z):
+  """G(z) in training mode (batch statistics); returns (images, new g_state)."""
+  images, new_state = spec.generator().apply(
+      {"params": g_params, **g_state}, z, mutable=list(G_MUTABLE))
+  return images, dict(new_state)
+
+
+def ema_keys(spec: StepSpec, d_ema_params, images):
+  """D_ema's unit backbone features: the keys of the neighbour search."""
+  d = spec.discriminator()
+  return jax.lax.stop_gradient(
+      d.apply({"params": d_ema_params}, images, method=d.keys))
+
+
+def d_phase(state: TrainState, images, labels, z, u):
+  """D update on `x` and `sg(G(z))`; returns (d_params, opt_state, g_state,
+  real_keys, metrics)."""
+  spec, d = state.spec, state.spec.discriminator()
+  n = images.shape[0]
+  fake, g_state = generate(spec, state.g_params, state.g_state, z)
+  both = jnp.concatenate([images, jax.lax.stop_gradient(fake)], axis=0)
+  real_keys, fake_keys = _split(ema_keys(spec, state.d_ema_params, both), n)
+
+  def loss_fn(d_params):
+    def embed(x):
+      out = d.apply({"params": d_params}, x)
+      return out.raw_embedding, out
+    sigma, _, out = losses.power_iteration_sigma(
+        embed, both, u, spec.jacobian_iters, has_aux=True)
+    real, fake_out = _split(out, n)
+    return losses.discriminator_loss(
+        real.embedding, fake_out.embedding, real.raw_embedding, real_keys,
+        fake_keys, state.queue_keys, state.queue_emb, sigma,
+        real.probe_logits, labels, smoothness_weight=spec.smoothness_weight,
+        norm_hinge_weight=spec.norm_hinge_weight,
+        probe_weight=spec.probe_weight, **spec.loss_kwargs())
+
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.d_params)
+  updates, opt_state = spec.d_optimizer().update(grads, state.d_opt_state,
+                                                 state.d_params)
+  d_params = optax.apply_updates(state.d_params, updates)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return d_params, opt_state, g_state, real_keys, metrics
+
+
+def g_phase(state: TrainState, d_params, g_state, images, real_keys, z):
+  """G update against the updated D; returns (g_params, opt_state, g_state,
+  real unit embeddings for the queue, metrics)."""
+  spec, d = state.spec, state.spec.discriminator()
+  real_emb = jax.lax.stop_gradient(
+      d.apply({"params": d_params}, images).embedding)
+
+  def loss_fn(g_params):
+    fake, new_g_state = generate(spec, g_params, g_state, z)
+    fake_emb = d.apply({"params": d_params}, fake).embedding
+    fake_keys = ema_keys(spec, state.d_ema_params, fake)
+    loss, metrics = losses.generator_loss(
+        real_emb, fake_emb, real_keys, fake_keys, state.queue_keys,
+        state.queue_emb, **spec.loss_kwargs())
+    return loss, (metrics, new_g_state)
+
+  grads, (metrics, g_state) = jax.grad(loss_fn, has_aux=True)(state.g_params)
+  updates, opt_state = spec.g_optimizer().update(grads, state.g_opt_state,
+                                                 state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return g_params, opt_state, g_state, real_emb, metrics
+
+
+def _enqueue(queue, rows, ptr):
+  return jax.lax.dynamic_update_slice(queue, rows.astype(queue.dtype), (ptr, 0))
+
+
+def step_fn(state: TrainState, batch: Dict[str, jax.Array],
+            noise: Optional[Dict[str, jax.Array]] = None
+            ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One training step (un-jitted; see `train_step`).
+
+  `noise` optionally injects the step's random draws (`draw_step_noise`'s
+  dict: z_d, z_g, u); by default they come from `state.rng`.
+  """
+  spec = state.spec
+  images, labels = batch["image"], batch["label"]
+  n = images.shape[0]
+  rng, step_rng = jax.random.split(state.rng)
+  if noise is None:
+    noise = draw_step_noise(spec, step_rng, n)
+
+  d_params, d_opt, g_state, real_keys, d_metrics = d_phase(
+      state, images, labels, noise["z_d"], noise["u"])
+  g_params, g_opt, g_state, real_emb, g_metrics = g_phase(
+      state, d_params, g_state, images, real_keys, noise["z_g"])
+
+  ema = lambda new, old: optax.incremental_update(new, old,
+                                                  1.0 - spec.ema_decay)
+  new_state = state.replace(
+      step=state.step + 1, rng=rng,
+      d_params=d_params, d_opt_state=d_opt,
+      d_ema_params=ema(d_params, state.d_ema_params),
+      g_params=g_params, g_opt_state=g_opt,
+      g_ema_params=ema(g_params, state.g_ema_params), g_state=g_state,
+      queue_emb=_enqueue(state.queue_emb, real_emb, state.queue_ptr),
+      queue_keys=_enqueue(state.queue_keys, real_keys, state.queue_ptr),
+      queue_ptr=(state.queue_ptr + n) % spec.queue_size)
+  metrics = {f"d/{k}": v for k, v in d_metrics.items()}
+  metrics.update({f"g/{k}": v for k, v in g_metrics.items()})
+  return new_state, metrics
+
+
+# The state is donated: the caller's old state is invalid after the call.
+train_step = jax.jit(step_fn, donate_argnums=0)

@@ -1,0 +1,132 @@
+"""One real training step on the tiny config (SPEC 5)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgan_jax import config_lib, train
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
+
+
+def _batch(config, seed=1):
+  b, s = config.global_batch_size, config.image_size
+  key = jax.random.PRNGKey(seed)
+  return {"image": jax.random.uniform(key, (b, s, s, 3), minval=-1, maxval=1),
+          "label": jnp.arange(b, dtype=jnp.int32) % config.num_classes}
+
+
+@pytest.fixture(scope="module")
+def stepped():
+  config = config_lib.load_config(CONFIG)
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  before = jax.device_get(state)       # host copy: the step donates `state`
+  batch = _batch(config)
+  after, metrics = train.train_step(state, batch)
+  return config, before, jax.device_get(after), jax.device_get(metrics), batch
+
+
+def _leaves_changed(a, b):
+  return [not np.array_equal(x, y) for x, y in
+          zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+
+
+def test_step_counters_and_rng(stepped):
+  _, before, after, _, _ = stepped
+  assert int(after.step) == 1
+  assert not np.array_equal(before.rng, after.rng)
+
+
+def test_step_updates_both_networks(stepped):
+  _, before, after, _, _ = stepped
+  assert all(_leaves_changed(before.d_params, after.d_params))  # AdamW decays all
+  changed = _leaves_changed(before.g_params, after.g_params)
+  assert np.mean(changed) > 0.9
+  # G's batch-norm and spectral-norm state advance in training mode.
+  assert all(_leaves_changed(before.g_state["spectral"], after.g_state["spectral"]))
+  assert all(_leaves_changed(before.g_state["batch_stats"],
+                             after.g_state["batch_stats"]))
+
+
+def test_step_updates_emas_with_momentum(stepped):
+  config, before, after, _, _ = stepped
+  m = config.optim.ema_decay
+  for old, new, ema in [(before.d_ema_params, after.d_params, after.d_ema_params),
+                        (before.g_ema_params, after.g_params, after.g_ema_params)]:
+    jax.tree.map(lambda o, p, e: np.testing.assert_allclose(
+        e, m * o + (1 - m) * p, rtol=1e-6, atol=1e-7), old, new, ema)
+  # Before the first step the EMAs equal the networks.
+  jax.tree.map(np.testing.assert_array_equal, before.d_params, before.d_ema_params)
+
+
+def test_step_enqueues_the_real_batch(stepped):
+  config, before, after, _, batch = stepped
+  n = config.global_batch_size
+  spec = after.spec
+  d = spec.discriminator()
+  keys = d.apply({"params": before.d_ema_params}, batch["image"], method=d.keys)
+  emb = d.apply({"params": after.d_params}, batch["image"]).embedding
+  np.testing.assert_allclose(after.queue_keys[:n], keys, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(after.queue_emb[:n], emb, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(after.queue_keys[n:], before.queue_keys[n:])
+  np.testing.assert_array_equal(after.queue_emb[n:], before.queue_emb[n:])
+  assert int(after.queue_ptr) == n
+  # The queue starts as random unit vectors.
+  np.testing.assert_allclose(np.linalg.norm(before.queue_emb, axis=1), 1, rtol=1e-5)
+  assert before.queue_keys.shape == (config.queue_size, config.model.d_widths[-1])
+
+
+def test_step_is_finite_and_reports_metrics(stepped):
+  _, _, after, metrics, _ = stepped
+  for leaf in jax.tree.leaves(after):
+    if np.issubdtype(np.asarray(leaf).dtype, np.floating):
+      assert np.all(np.isfinite(leaf))
+  for name in ["d/loss", "d/jsd", "d/real_sim", "d/fake_sim", "d/smoothness",
+               "d/sigma_mean", "d/norm_hinge", "d/embed_norm", "d/probe_ce",
+               "d/probe_acc", "d/grad_norm", "g/loss", "g/jsd", "g/fake_sim",
+               "g/grad_norm"]:
+    assert np.isfinite(metrics[name]), name
+  assert metrics["d/sigma_mean"] > 0
+  assert 0 <= metrics["d/probe_acc"] <= 1
+
+
+def test_queue_pointer_wraps(stepped):
+  config, _, after, _, batch = stepped
+  state = jax.device_put(after)
+  steps = config.queue_size // config.global_batch_size
+  for _ in range(steps):
+    state, _ = train.train_step(state, batch)
+  assert int(state.queue_ptr) == config.global_batch_size   # wrapped once
+
+
+def test_repeated_d_phases_lower_the_d_loss(stepped):
+  config, before, _, _, batch = stepped
+  state = jax.device_put(before)
+  noise = train.draw_step_noise(state.spec, jax.random.PRNGKey(3),
+                                config.global_batch_size)
+  d_phase = jax.jit(train.d_phase)
+  losses = []
+  for _ in range(12):   # G, its state and D_ema stay frozen
+    d_params, d_opt, _, _, m = d_phase(state, batch["image"], batch["label"],
+                                       noise["z_d"], noise["u"])
+    state = state.replace(d_params=d_params, d_opt_state=d_opt)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_repeated_g_phases_lower_the_g_loss(stepped):
+  config, before, _, _, batch = stepped
+  state = jax.device_put(before)
+  noise = train.draw_step_noise(state.spec, jax.random.PRNGKey(4),
+                                config.global_batch_size)
+  real_keys = train.ema_keys(state.spec, state.d_ema_params, batch["image"])
+  g_phase = jax.jit(train.g_phase)
+  losses = []
+  for _ in range(12):   # D and D_ema stay frozen
+    g_params, g_opt, _, _, m = g_phase(state, state.d_params, state.g_state,
+                                       batch["image"], real_keys, noise["z_g"])
+    state = state.replace(g_params=g_params, g_opt_state=g_opt)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0] - 0.01, losses
