@@ -8,6 +8,10 @@ def get_config():
   c.global_batch_size = 8           # tiny batch
   c.num_train_steps = 4             # a few steps
   c.queue_size = 32                 # 4 batches of history
+  c.log_every_steps = 2             # log, sample, checkpoint every 2 steps
+  c.checkpoint_every_steps = 2
+  c.sample_every_steps = 2
+  c.eval_every_steps = 4            # evaluate at the end
   c.model.d_widths = (8, 16, 16)    # 3 D stages at 16x16
   c.model.d_blocks_per_stage = 1    # one block per stage
   c.model.embed_dim = 16            # small embedding

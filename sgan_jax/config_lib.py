@@ -15,6 +15,9 @@ def reference_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset = "cifar10"          # TFDS dataset name
   c.data_dir = ""                # TFDS data_dir; "" means TFDS's default
+  c.train_split = "train"        # TFDS split to train on
+  c.test_split = "test"          # TFDS split to evaluate on
+  c.class_subset = ""            # keep only these label ids: "3,7,9" or a file of ids; "" keeps all
   c.image_size = 32              # square input/output resolution: 16, 32, 64 or 128
   c.num_classes = 10             # classes of the online probe and evaluation
   c.global_batch_size = 512      # images per step over all devices and hosts
@@ -22,6 +25,7 @@ def reference_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # seeds init, the step's noise and the input order
   c.queue_size = 10240           # K, memory-queue rows; a multiple of the batch
   c.augment = True               # flip + random resized crop on real images (SPEC 6)
+  c.keep_checkpoints = 3         # newest checkpoints kept in workdir/checkpoints
   c.log_every_steps = 100        # progress line and metrics every N steps
   c.checkpoint_every_steps = 1000  # checkpoint every N steps (and at the end)
   c.sample_every_steps = 1000    # G_ema sample grid every N steps (and at the end)
@@ -66,3 +70,82 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; raised before anything is compiled."""
+
+
+def _check_fields(config, reference, prefix=""):
+  for key in config.keys():
+    if key not in reference:
+      raise ConfigError(f"unknown config field '{prefix}{key}'; known fields: "
+                        f"{', '.join(sorted(reference.keys()))}")
+    if isinstance(reference[key], ml_collections.ConfigDict):
+      _check_fields(config[key], reference[key], f"{prefix}{key}.")
+  for key in reference.keys():
+    if key not in config:
+      raise ConfigError(f"config is missing field '{prefix}{key}'")
+
+
+def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
+             num_devices: int = 1) -> None:
+  """Rejects configs that would fail or silently misbehave later."""
+  # Imported here: the models pull in JAX, config loading should not need it.
+  from sgan_jax.models import discriminator, generator, layers
+  _check_fields(config, reference_config())
+  b = config.global_batch_size
+  if b <= 0 or b % num_processes or b % num_devices:
+    raise ConfigError(
+        f"global_batch_size {b} must be positive and divisible by the number "
+        f"of processes ({num_processes}) and of devices ({num_devices})")
+  if config.queue_size <= 0 or config.queue_size % b:
+    raise ConfigError(f"queue_size {config.queue_size} must be a positive "
+                      f"multiple of global_batch_size {b}")
+  try:
+    stages = discriminator.num_stages(config.image_size)
+    generator.stage_channels(config.image_size, config.model.g_ch)
+  except ValueError as e:
+    raise ConfigError(f"image_size: {e}") from None
+  if len(config.model.d_widths) != stages:
+    raise ConfigError(f"model.d_widths has {len(config.model.d_widths)} "
+                      f"entries; image_size {config.image_size} needs {stages}")
+  try:
+    layers.check_widths(config.model.d_widths, config.model.channels_per_group)
+  except ValueError as e:
+    raise ConfigError(f"model.d_widths: {e}") from None
+  positive = {"num_train_steps": config.num_train_steps,
+              "optim.d_lr": config.optim.d_lr, "optim.g_lr": config.optim.g_lr,
+              "loss.eps": config.loss.eps, "loss.knn_k": config.loss.knn_k,
+              "loss.jacobian_iters": config.loss.jacobian_iters}
+  positive.update({f"loss.{k}": v for k, v in config.loss.items()
+                   if k.endswith("_weight")})
+  for every in ("log", "checkpoint", "sample", "eval"):
+    positive[f"{every}_every_steps"] = config[f"{every}_every_steps"]
+  for name, value in positive.items():
+    if not value > 0:
+      raise ConfigError(f"{name} must be positive, got {value}")
+  subset = class_subset_ids(config)
+  if subset is not None and len(subset) != config.num_classes:
+    raise ConfigError(f"class_subset keeps {len(subset)} classes but "
+                      f"num_classes is {config.num_classes}")
+
+
+def class_subset_ids(config):
+  """Label ids kept by `config.class_subset` (comma-separated, or a file of
+  ids separated by commas or newlines), or None to keep every class."""
+  spec = config.class_subset
+  if not spec:
+    return None
+  if os.path.isfile(spec):
+    with open(spec) as f:
+      spec = f.read()
+  try:
+    ids = tuple(int(t) for t in spec.replace("\n", ",").split(",") if t.strip())
+  except ValueError:
+    raise ConfigError(f"class_subset must list integer label ids, got "
+                      f"{config.class_subset!r}") from None
+  if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+    raise ConfigError(f"class_subset needs distinct non-negative ids, got "
+                      f"{config.class_subset!r}")
+  return ids

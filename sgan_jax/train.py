@@ -5,89 +5,24 @@ that is not an array (network shapes, loss weights, optimiser settings) lives
 in the static `StepSpec` carried by the state, so `train_step(state, batch)`
 is a single jitted function of arrays.
 """
-import dataclasses
 import functools
-from typing import Any, Dict, Optional, Tuple
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from sgan_jax import losses
-from sgan_jax.models import Discriminator, Generator
+from sgan_jax import checkpointing, config_lib, input_pipeline, losses
+from sgan_jax import metric_io, samples, sharding
+from sgan_jax.step_spec import StepSpec
 
-G_MUTABLE = ("batch_stats", "spectral")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSpec:
-  """Static, hashable description of the networks, losses and optimisers."""
-  image_size: int
-  num_classes: int
-  d_widths: Tuple[int, ...]
-  d_blocks_per_stage: int
-  embed_dim: int
-  channels_per_group: int
-  g_ch: int
-  g_depth: int
-  z_dim: int
-  queue_size: int
-  eps: float
-  knn_k: int
-  skip_nearest_fake: bool
-  renormalize_mean: bool
-  jacobian_iters: int
-  knn_weight: float
-  smoothness_weight: float
-  norm_hinge_weight: float
-  probe_weight: float
-  d_lr: float
-  g_lr: float
-  b1: float
-  b2: float
-  adam_eps: float
-  d_weight_decay: float
-  ema_decay: float
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSpec":
-    m, l, o = config.model, config.loss, config.optim
-    return cls(
-        image_size=config.image_size, num_classes=config.num_classes,
-        d_widths=tuple(m.d_widths), d_blocks_per_stage=m.d_blocks_per_stage,
-        embed_dim=m.embed_dim, channels_per_group=m.channels_per_group,
-        g_ch=m.g_ch, g_depth=m.g_depth, z_dim=m.z_dim,
-        queue_size=config.queue_size, eps=l.eps, knn_k=l.knn_k,
-        skip_nearest_fake=l.skip_nearest_fake,
-        renormalize_mean=l.renormalize_mean, jacobian_iters=l.jacobian_iters,
-        knn_weight=l.knn_weight, smoothness_weight=l.smoothness_weight,
-        norm_hinge_weight=l.norm_hinge_weight, probe_weight=l.probe_weight,
-        d_lr=o.d_lr, g_lr=o.g_lr, b1=o.b1, b2=o.b2, adam_eps=o.adam_eps,
-        d_weight_decay=o.d_weight_decay, ema_decay=o.ema_decay)
-
-  def discriminator(self) -> Discriminator:
-    return Discriminator(self.image_size, self.d_widths,
-                         self.d_blocks_per_stage, self.embed_dim,
-                         self.num_classes, self.channels_per_group)
-
-  def generator(self) -> Generator:
-    return Generator(self.image_size, self.g_ch, self.g_depth, self.z_dim)
-
-  def d_optimizer(self) -> optax.GradientTransformation:
-    # Decoupled weight decay on every D and probe parameter, as torch AdamW.
-    return optax.adamw(self.d_lr, self.b1, self.b2, self.adam_eps,
-                       weight_decay=self.d_weight_decay)
-
-  def g_optimizer(self) -> optax.GradientTransformation:
-    return optax.adam(self.g_lr, self.b1, self.b2, self.adam_eps)
-
-  def loss_kwargs(self) -> Dict[str, Any]:
-    return dict(eps=self.eps, k=self.knn_k,
-                skip_nearest_fake=self.skip_nearest_fake,
-                knn_weight=self.knn_weight,
-                renormalize_mean=self.renormalize_mean)
+from sgan_jax.step_spec import G_MUTABLE
 
 
 @flax.struct.dataclass
@@ -156,13 +91,6 @@ def _split(tree, n):
   return (jax.tree.map(lambda a: a[:n], tree), jax.tree.map(lambda a: a[n:], tree))
 
 
-def generate(spec: StepSpec, g_params, g_state, z):
-  """G(z) in training mode (batch statistics); returns (images, new g_state)."""
-  images, new_state = spec.generator().apply(
-      {"params": g_params, **g_state}, z, mutable=list(G_MUTABLE))
-  return images, dict(new_state)
-
-
 def ema_keys(spec: StepSpec, d_ema_params, images):
   """D_ema's unit backbone features: the keys of the neighbour search."""
   d = spec.discriminator()
@@ -175,7 +103,7 @@ def d_phase(state: TrainState, images, labels, z, u):
   real_keys, metrics)."""
   spec, d = state.spec, state.spec.discriminator()
   n = images.shape[0]
-  fake, g_state = generate(spec, state.g_params, state.g_state, z)
+  fake, g_state = spec.generate(state.g_params, state.g_state, z)
   both = jnp.concatenate([images, jax.lax.stop_gradient(fake)], axis=0)
   real_keys, fake_keys = _split(ema_keys(spec, state.d_ema_params, both), n)
 
@@ -209,7 +137,7 @@ def g_phase(state: TrainState, d_params, g_state, images, real_keys, z):
       d.apply({"params": d_params}, images).embedding)
 
   def loss_fn(g_params):
-    fake, new_g_state = generate(spec, g_params, g_state, z)
+    fake, new_g_state = spec.generate(g_params, g_state, z)
     fake_emb = d.apply({"params": d_params}, fake).embedding
     fake_keys = ema_keys(spec, state.d_ema_params, fake)
     loss, metrics = losses.generator_loss(
@@ -267,3 +195,85 @@ def step_fn(state: TrainState, batch: Dict[str, jax.Array],
 
 # The state is donated: the caller's old state is invalid after the call.
 train_step = jax.jit(step_fn, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------- loop
+
+_PROGRESS_KEYS = (("d_loss", "d/loss"), ("g_loss", "g/loss"),
+                  ("jsd", "d/jsd"), ("real_sim", "d/real_sim"),
+                  ("fake_sim", "d/fake_sim"), ("sigma", "d/sigma_mean"),
+                  ("probe_acc", "d/probe_acc"))
+
+
+def _progress_line(step, total, images_per_s, seconds_left, metrics):
+  eta = time.strftime("%H:%M:%S", time.gmtime(max(seconds_left, 0)))
+  losses_str = " ".join(f"{short} {metrics[key]:.4f}"
+                        for short, key in _PROGRESS_KEYS if key in metrics)
+  return (f"step {step}/{total} ({100 * step / total:.0f}%) | "
+          f"{images_per_s:.1f} img/s | ETA {eta} | {losses_str}")
+
+
+def _due(step, every, total):
+  return step % every == 0 or step == total
+
+
+def _write_config(config, workdir):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       evaluate_fn: Optional[Callable] = None) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint.
+
+  Writes `config.json`, `checkpoints/<step>`, `metrics.jsonl`, TensorBoard
+  events and `samples/samples_<step>.png` into `workdir`. `evaluate_fn(state,
+  step, logger)` runs every `eval_every_steps` and at the end.
+  Returns the final state.
+  """
+  mesh = sharding.make_mesh()
+  config_lib.validate(config, jax.process_count(), jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  builder = input_pipeline.get_builder(config)   # fails fast if unavailable
+  _write_config(config, workdir)
+
+  state = create_train_state(config, jax.random.PRNGKey(config.seed))
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+  start, total = int(state.step), config.num_train_steps
+  logger = metric_io.MetricsLogger(workdir)
+  batches = input_pipeline.train_iterator(config, builder, mesh, start)
+  sample_z = samples.fixed_latents(state.spec, config.seed)
+  pending, t0, last_logged = [], time.time(), start
+
+  for step in range(start + 1, total + 1):
+    state, metrics = train_step(state, next(batches))
+    pending.append(metrics)
+    if step == start + 1:   # time steps, not compilation
+      jax.block_until_ready(metrics)
+      t0, last_logged = time.time(), step
+    if _due(step, config.log_every_steps, total):
+      means = {k: float(np.mean(v)) for k, v in
+               jax.device_get(jax.tree.map(lambda *m: jnp.stack(m), *pending)).items()}
+      rate = max(step - last_logged, 1) / (time.time() - t0)
+      means["images_per_second"] = rate * config.global_batch_size
+      logger.scalars(step, means)
+      logging.info(_progress_line(step, total, means["images_per_second"],
+                                  (total - step) / rate, means))
+      pending, t0, last_logged = [], time.time(), step
+    if _due(step, config.sample_every_steps, total):
+      samples.save_samples(state, sample_z, workdir, logger)
+    if _due(step, config.checkpoint_every_steps, total):
+      ckpt.save(state)
+    if evaluate_fn is not None and _due(step, config.eval_every_steps, total):
+      evaluate_fn(state, step, logger)
+  if start >= total:
+    logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)
+  ckpt.wait()
+  ckpt.close()
+  logger.flush()
+  logger.close()
+  return state

@@ -1,0 +1,23 @@
+"""An ImageNet subset at 64x64, with both networks grown one stage (SPEC 2.3).
+
+Default: imagenette (10 ImageNet classes), which TFDS downloads by itself.
+For a class-list subset of ImageNet (e.g. ImageNet-100), prepare
+`imagenet2012` in a TFDS data_dir (TFDS needs the archives in
+DATA_DIR/downloads/manual) and run with
+  --config.dataset=imagenet2012 --config.data_dir=DATA_DIR
+  --config.class_subset=path/to/ids.txt --config.num_classes=100
+where ids.txt lists the kept label ids (0-999), comma- or newline-separated.
+"""
+from sgan_jax import config_lib
+
+
+def get_config():
+  c = config_lib.reference_config()
+  c.dataset = "imagenette/160px-v2"     # TFDS fetches it (~100 MB)
+  c.test_split = "validation"           # imagenette has no test split
+  c.num_classes = 10                    # imagenette's classes
+  c.image_size = 64                     # one doubling over CIFAR
+  c.num_train_steps = 100_000           # ~5,300 epochs of 9,469 images at 512
+  c.model.d_widths = (64, 128, 256, 512, 512)  # one more D stage (64 -> 4)
+  c.model.g_ch = 64                     # BigGAN 64x64 schedule: 1024 -> 128 channels
+  return c

@@ -1,0 +1,190 @@
+"""TFDS + tf.data input: real-image augmentation (SPEC 6), per-process slices,
+deterministic order under a seed, prefetching onto the devices.
+"""
+import collections
+import os
+import socket
+from typing import Dict, Iterator, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from sgan_jax import config_lib, sharding
+from sgan_jax import datasets as _project_datasets  # registers them with TFDS
+
+# TensorFlow only feeds data: it must never take GPU memory from JAX.
+tf.config.set_visible_devices([], "GPU")
+
+PROJECT_DATASETS = frozenset(["sklearn_digits"])
+# Fits in host memory: cache the decoded split (CIFAR's train split is 150 MB).
+_CACHE_BYTES = 2 << 30
+# A full shuffle of CIFAR; for larger sets, a window of this many images.
+_SHUFFLE_BUFFER = 50_000
+
+
+class DatasetUnavailableError(RuntimeError):
+  """The dataset is not prepared in `data_dir` and cannot be downloaded."""
+
+
+def _can_download() -> bool:
+  """A fast offline check: TFDS's own retries take minutes to give up."""
+  try:
+    socket.getaddrinfo("storage.googleapis.com", 443)
+    return True
+  except OSError:
+    return False
+
+
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The dataset's TFDS builder, prepared (built or downloaded) if need be."""
+  data_dir = config.data_dir or None
+  builder = tfds.builder(config.dataset, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  name = config.dataset.split("/")[0]
+  if name not in PROJECT_DATASETS and not _can_download():
+    where = config.data_dir or tfds.core.constants.DATA_DIR
+    raise DatasetUnavailableError(
+        f"dataset '{config.dataset}' is not prepared in data_dir '{where}' and "
+        f"cannot be downloaded (no network). Prepare it on a machine with "
+        f"internet access (`tfds build {config.dataset} --data_dir=DIR`, or "
+        f"for imagenet2012 place the archives in DIR/downloads/manual first), "
+        f"copy DIR here and pass --config.data_dir=DIR.")
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # TFDS raises many types; say which dataset failed.
+    raise DatasetUnavailableError(
+        f"could not prepare dataset '{config.dataset}' in data_dir "
+        f"'{builder.data_dir}': {e}") from e
+  return builder
+
+
+def _select(ds, config):
+  """Keeps image and label; filters and renumbers a class subset."""
+  ds = ds.map(lambda ex: (ex["image"], ex["label"]))
+  subset = config_lib.class_subset_ids(config)
+  if subset is not None:
+    table = np.full(max(subset) + 1, -1, np.int64)
+    table[list(subset)] = np.arange(len(subset))
+    table = tf.constant(table)
+    ds = ds.filter(lambda im, lab: lab < len(table))
+    ds = ds.map(lambda im, lab: (im, tf.gather(table, lab)))
+    ds = ds.filter(lambda im, lab: lab >= 0)
+  return ds
+
+
+def _to_unit_range(image):
+  return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def _resize(image, size):
+  image = tf.image.resize(tf.cast(image, tf.float32), (size, size),
+                          method="bicubic", antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def augment(image, size: int, seed):
+  """Random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic) and flip."""
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), tf.zeros([1, 0, 4]), seed=seeds[0],
+      area_range=(0.5, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+      min_object_covered=0.0, max_attempts=10, use_image_if_no_bounding_boxes=True)
+  image = tf.slice(image, begin, crop)
+  image = _resize(image, size)
+  return tf.image.stateless_random_flip_left_right(image, seeds[1])
+
+
+def center_resize(image, size: int):
+  """Test-time view: the central square, resized to `size` (no randomness)."""
+  shape = tf.shape(image)
+  side = tf.minimum(shape[0], shape[1])
+  image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2,
+                                        (shape[1] - side) // 2, side, side)
+  return _resize(image, size)
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = max(2, os.cpu_count() or 2)
+  return options
+
+
+def _maybe_cache(ds, builder, split):
+  info = builder.info.splits[split] if split in builder.info.splits else None
+  if info is not None and 0 < info.num_bytes < _CACHE_BYTES:
+    ds = ds.cache()
+  return ds
+
+
+def train_dataset(config, builder, start_step: int = 0) -> tf.data.Dataset:
+  """This process's endless stream of augmented training batches.
+
+  The order is a function of (seed, process, step) only, so a run resumed at
+  `start_step` sees exactly the batches the uninterrupted run would have.
+  """
+  split = tfds.split_for_jax_process(config.train_split, drop_remainder=True)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = _maybe_cache(_select(ds, config), builder, config.train_split)
+  seed = config.seed * 1_000 + jax.process_index()
+  ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+  batch = sharding.local_batch_size(config.global_batch_size)
+  ds = ds.enumerate().skip(start_step * batch)
+  size = config.image_size
+
+  def prepare(index, image, label):
+    if config.augment:
+      image = augment(image, size, tf.stack([tf.cast(seed, tf.int64), index]))
+    else:
+      image = center_resize(image, size)
+    return {"image": _to_unit_range(image), "label": tf.cast(label, tf.int32)}
+  ds = ds.map(lambda i, ex: prepare(i, *ex), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options())
+
+
+def eval_dataset(config, builder, split: str, batch_size: int) -> tf.data.Dataset:
+  """Un-augmented batches of a whole split (this process's part), in order.
+
+  The last batch may be short: `pad_to_full_batch` pads it.
+  """
+  split = tfds.split_for_jax_process(split, drop_remainder=False)
+  ds = _select(builder.as_dataset(split=split, shuffle_files=False), config)
+  size = config.image_size
+  ds = ds.map(lambda image, label: {
+      "image": _to_unit_range(center_resize(image, size)),
+      "label": tf.cast(label, tf.int32), "mask": True},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def pad_to_full_batch(batch: Dict[str, np.ndarray], batch_size: int):
+  """Pads a short final batch with zero rows (mask False) to the static size,
+  so that one compiled function serves every batch."""
+  n = batch["image"].shape[0]
+  if n == batch_size:
+    return batch
+  return {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
+def prefetch_to_mesh(batches: Iterator, mesh, size: int = 2) -> Iterator:
+  """Keeps `size` global batches in flight on the devices (transfers are async)."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(sharding.to_global(batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def train_iterator(config, builder, mesh, start_step: int = 0) -> Iterator:
+  """Global, device-resident training batches starting at `start_step`."""
+  return prefetch_to_mesh(train_dataset(config, builder, start_step)
+                          .as_numpy_iterator(), mesh)

@@ -1,0 +1,64 @@
+"""Command line: `python -m sgan_jax.main --config=configs/<name>.py --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.global_batch_size=64`.
+Config files are Python and are executed: only pass files you trust.
+"""
+import logging as std_logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from sgan_jax import config_lib, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _OwnInfoOnly(std_logging.Filter):
+  """Keeps INFO lines of sgan_jax; libraries (Orbax, clu, XLA) only warn."""
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING
+            or f"{os.sep}sgan_jax{os.sep}" in record.pathname)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
+               jax.process_count(), jax.devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError,
+          train.input_pipeline.DatasetUnavailableError) as e:
+    # A user error: say what and how to fix it, without a traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl's parser, with bad config overrides reported in one line."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    name = str(e).strip("\"'")
+    print(f"error: unknown config field '{name}' in a --config.* override "
+          f"(config fields are listed in README.md)", file=sys.stderr)
+    sys.exit(2)
+  except (flags.Error, TypeError, ValueError) as e:
+    print(f"error: bad command line: {e}\n(see --helpfull for the flags; "
+          f"config fields are listed in README.md)", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,158 @@
+"""End-to-end training: outputs, resume, clear errors (issue 3)."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from sgan_jax import checkpointing, config_lib, input_pipeline, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+DIGITS = os.path.join(ROOT, "configs", "digits.py")
+
+
+def tiny_config(**overrides):
+  config = config_lib.load_config(TINY)
+  config.update(overrides)
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  """TFDS serving random examples; its (mocked) download needs no network."""
+  monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
+  with tfds.testing.mock_data(num_examples=40):
+    yield
+
+
+def check_outputs(workdir, steps, config):
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(s) for s in steps]
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  grids = sorted(glob.glob(os.path.join(workdir, "samples", "samples_*.png")))
+  assert grids and grids[-1].endswith(f"samples_{steps[-1]:07d}.png")
+  from PIL import Image
+  with Image.open(grids[-1]) as im:
+    assert im.mode == "RGB" and min(im.size) > 8 * config.image_size
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["num_train_steps"] == config.num_train_steps
+  assert saved["model"]["d_widths"] == list(config.model.d_widths)
+  logged = read_metrics(workdir)
+  assert [m["step"] for m in logged][-1] == steps[-1]
+  assert all(np.isfinite(m["d/loss"]) and m["images_per_second"] > 0 for m in logged)
+
+
+def test_tiny_end_to_end_on_mock_cifar(tmp_path, mock_tfds):
+  config = tiny_config()
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == config.num_train_steps
+  check_outputs(str(tmp_path), [2, 4], config)
+
+
+def test_resume_continues_exactly(tmp_path, mock_tfds):
+  full, split = str(tmp_path / "full"), str(tmp_path / "split")
+  train.train_and_evaluate(tiny_config(log_every_steps=1), full)
+  stopped = jax.device_get(train.train_and_evaluate(
+      tiny_config(log_every_steps=1, num_train_steps=2), split))
+  # The checkpoint holds exactly the state the run stopped with.
+  ckpt = checkpointing.Checkpointer(split, 3)
+  fresh = train.create_train_state(tiny_config(), jax.random.PRNGKey(123))
+  restored = jax.device_get(ckpt.restore(fresh))
+  ckpt.close()
+  for name in ("d_params", "d_opt_state", "d_ema_params", "g_params",
+               "g_opt_state", "g_ema_params", "g_state", "queue_emb",
+               "queue_keys", "queue_ptr", "rng", "step"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(stopped, name),
+                 getattr(restored, name))
+  resumed = train.train_and_evaluate(tiny_config(log_every_steps=1), split)
+  assert int(resumed.step) == 4
+  a, b = read_metrics(full), read_metrics(split)
+  assert [m["step"] for m in b] == [1, 2, 3, 4]   # resumed at step 2, no repeats
+  for x, y in zip(a, b):
+    for key in x:
+      if key != "images_per_second":
+        assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
+
+
+def test_digits_main_cli_few_steps(tmp_path):
+  workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
+  cmd = [sys.executable, "-m", "sgan_jax.main", f"--config={DIGITS}",
+         f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+         "--config.num_train_steps=3", "--config.log_every_steps=1",
+         "--config.checkpoint_every_steps=2", "--config.sample_every_steps=3",
+         "--config.eval_every_steps=3"]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "step 3/3 (100%)" in out.stderr
+  assert os.path.isdir(os.path.join(data_dir, "sklearn_digits"))  # built offline
+  config = config_lib.load_config(DIGITS)
+  config.num_train_steps = 3
+  check_outputs(workdir, [2, 3], config)
+
+
+def test_missing_dataset_fails_at_once_with_instructions(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, "_can_download", lambda: False)
+  data_dir = str(tmp_path / "empty")
+  config = tiny_config(dataset="cifar100", num_classes=100, data_dir=data_dir)
+  with pytest.raises(input_pipeline.DatasetUnavailableError) as err:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  msg = str(err.value)
+  assert "'cifar100'" in msg and data_dir in msg and "tfds build cifar100" in msg
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(global_batch_size=12), "queue_size 32 must be a positive multiple of global_batch_size 12"),
+    (dict(queue_size=36), "queue_size 36 must be a positive multiple of global_batch_size 8"),
+])
+def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, message):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled before validating")
+  monkeypatch.setattr(train, "create_train_state", no_compile)
+  monkeypatch.setattr(input_pipeline, "get_builder", no_compile)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_batch_must_divide_devices():
+  with pytest.raises(config_lib.ConfigError,
+                     match="global_batch_size 8 must be positive and divisible by "
+                           r"the number of processes \(1\) and of devices \(3\)"):
+    config_lib.validate(tiny_config(), num_devices=3)
+
+
+def test_unknown_field_is_rejected():
+  config = tiny_config()
+  config.unlock()
+  config.model.widths = (1, 2)
+  with pytest.raises(config_lib.ConfigError, match="unknown config field 'model.widths'"):
+    config_lib.validate(config)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+  for flag, message in [("--config.foo=1", "error: unknown config field 'foo'"),
+                        ("--config.global_batch_size=12",
+                         "error: queue_size 32 must be a positive multiple")]:
+    out = subprocess.run([sys.executable, "-m", "sgan_jax.main", f"--config={TINY}",
+                          f"--workdir={tmp_path}", flag],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_all_configs_validate():
+  for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+    config_lib.validate(config_lib.load_config(path))
