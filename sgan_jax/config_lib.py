@@ -51,6 +51,18 @@ def reference_config() -> ml_collections.ConfigDict:
   l.norm_hinge_weight = 20.0     # weight of the embedding-norm hinge
   l.probe_weight = 1.0           # weight of the online probe's cross-entropy
 
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 256             # feature-extraction batch; the last one is padded
+  e.knn_k = 200                  # k-NN neighbours (SPEC 7)
+  e.knn_temperature = 0.1        # k-NN vote weights exp(sim / temperature)
+  e.knn_chunk = 512              # test rows per similarity block
+  e.probe_epochs = 100           # linear probe: epochs over the train features
+  e.probe_batch_size = 256       # linear probe: minibatch
+  e.probe_lr = 1e-2              # linear probe: AdamW learning rate (constant)
+  e.probe_weight_decay = 1e-4    # linear probe: decoupled weight decay
+  e.kmeans_restarts = 5          # k-means++ restarts, lowest inertia kept
+  e.kmeans_iters = 300           # k-means: at most this many Lloyd steps
+
   c.optim = o = ml_collections.ConfigDict()
   o.d_lr = 2e-4                  # D (AdamW) learning rate, constant
   o.g_lr = 2e-4                  # G (Adam) learning rate, constant
@@ -120,6 +132,11 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
               "loss.jacobian_iters": config.loss.jacobian_iters}
   positive.update({f"loss.{k}": v for k, v in config.loss.items()
                    if k.endswith("_weight")})
+  positive.update({f"eval.{k}": v for k, v in config.eval.items()
+                   if k != "probe_weight_decay"})
+  if config.eval.batch_size % num_devices:
+    raise ConfigError(f"eval.batch_size {config.eval.batch_size} must be "
+                      f"divisible by the number of devices ({num_devices})")
   for every in ("log", "checkpoint", "sample", "eval"):
     positive[f"{every}_every_steps"] = config[f"{every}_every_steps"]
   for name, value in positive.items():

@@ -148,11 +148,12 @@ def train_dataset(config, builder, start_step: int = 0) -> tf.data.Dataset:
 
 
 def eval_dataset(config, builder, split: str, batch_size: int) -> tf.data.Dataset:
-  """Un-augmented batches of a whole split (this process's part), in order.
+  """Un-augmented batches of a whole split, in order.
 
-  The last batch may be short: `pad_to_full_batch` pads it.
+  Every process reads the whole split and feeds its share of each batch
+  (`sharding.process_rows`). The last batch may be short: `pad_to_full_batch`
+  pads it.
   """
-  split = tfds.split_for_jax_process(split, drop_remainder=False)
   ds = _select(builder.as_dataset(split=split, shuffle_files=False), config)
   size = config.image_size
   ds = ds.map(lambda image, label: {

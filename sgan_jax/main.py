@@ -3,6 +3,7 @@
 Any config field can be overridden, e.g. `--config.global_batch_size=64`.
 Config files are Python and are executed: only pass files you trust.
 """
+import json
 import logging as std_logging
 import os
 import sys
@@ -13,7 +14,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sgan_jax import config_lib, train
+from sgan_jax import config_lib, evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -37,12 +38,18 @@ def main(argv):
   logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                jax.process_count(), jax.devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError,
           train.input_pipeline.DatasetUnavailableError) as e:
     # A user error: say what and how to fix it, without a traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  step = int(state.step)
+  results_path = os.path.join(FLAGS.workdir, f"eval_{step}.json")
+  if jax.process_index() == 0 and os.path.exists(results_path):
+    with open(results_path) as f:
+      print(f"\nFeatures at step {step} ({results_path}):\n"
+            + evaluate.format_table(json.load(f)), flush=True)
 
 
 def _parse_flags(argv):

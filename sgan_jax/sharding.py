@@ -39,3 +39,18 @@ def to_global(local_batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def process_rows(global_batch, num_rows: int):
+  """This process's contiguous share of a batch that every process holds."""
+  per = num_rows // jax.process_count()
+  start = jax.process_index() * per
+  return jax.tree.map(lambda x: x[start:start + per], global_batch)
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process, sharded) array as one full NumPy array."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -8,7 +8,7 @@ is a single jitted function of arrays.
 import functools
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import flax
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sgan_jax import checkpointing, config_lib, input_pipeline, losses
+from sgan_jax import checkpointing, config_lib, evaluate, input_pipeline, losses
 from sgan_jax import metric_io, samples, sharding
 from sgan_jax.step_spec import StepSpec
 
@@ -197,6 +197,14 @@ def step_fn(state: TrainState, batch: Dict[str, jax.Array],
 train_step = jax.jit(step_fn, donate_argnums=0)
 
 
+def make_sharded_train_step(mesh):
+  """`train_step` with explicit layouts: state replicated, batch split along
+  the mesh's data axis. Statistics stay global (see `sharding`)."""
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
+                 donate_argnums=0)
+
+
 # ----------------------------------------------------------------------- loop
 
 _PROGRESS_KEYS = (("d_loss", "d/loss"), ("g_loss", "g/loss"),
@@ -223,13 +231,13 @@ def _write_config(config, workdir):
       f.write(config.to_json(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       evaluate_fn: Optional[Callable] = None) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
 
   Writes `config.json`, `checkpoints/<step>`, `metrics.jsonl`, TensorBoard
-  events and `samples/samples_<step>.png` into `workdir`. `evaluate_fn(state,
-  step, logger)` runs every `eval_every_steps` and at the end.
+  events, `samples/samples_<step>.png` and `eval_<step>.json` (evaluation
+  every `eval_every_steps` and at the end) into `workdir`.
   Returns the final state.
   """
   mesh = sharding.make_mesh()
@@ -238,7 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   builder = input_pipeline.get_builder(config)   # fails fast if unavailable
   _write_config(config, workdir)
 
-  state = create_train_state(config, jax.random.PRNGKey(config.seed))
+  state = jax.device_put(create_train_state(config, jax.random.PRNGKey(config.seed)),
+                         sharding.replicated(mesh))
+  step_on_mesh = make_sharded_train_step(mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
@@ -247,10 +257,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logger = metric_io.MetricsLogger(workdir)
   batches = input_pipeline.train_iterator(config, builder, mesh, start)
   sample_z = samples.fixed_latents(state.spec, config.seed)
+  evaluate_fn = evaluate.TrainingEvaluator(config, builder, mesh, workdir)
   pending, t0, last_logged = [], time.time(), start
 
   for step in range(start + 1, total + 1):
-    state, metrics = train_step(state, next(batches))
+    state, metrics = step_on_mesh(state, next(batches))
     pending.append(metrics)
     if step == start + 1:   # time steps, not compilation
       jax.block_until_ready(metrics)
@@ -268,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       samples.save_samples(state, sample_z, workdir, logger)
     if _due(step, config.checkpoint_every_steps, total):
       ckpt.save(state)
-    if evaluate_fn is not None and _due(step, config.eval_every_steps, total):
+    if _due(step, config.eval_every_steps, total):
       evaluate_fn(state, step, logger)
   if start >= total:
     logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)

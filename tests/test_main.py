@@ -23,9 +23,11 @@ def tiny_config(**overrides):
   return config
 
 
-def read_metrics(workdir):
+def read_metrics(workdir, kind="train"):
+  """The training lines (with `d/loss`) or the evaluation lines of metrics.jsonl."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+    lines = [json.loads(line) for line in f]
+  return [m for m in lines if ("d/loss" in m) == (kind == "train")]
 
 
 @pytest.fixture
@@ -51,6 +53,10 @@ def check_outputs(workdir, steps, config):
   logged = read_metrics(workdir)
   assert [m["step"] for m in logged][-1] == steps[-1]
   assert all(np.isfinite(m["d/loss"]) and m["images_per_second"] > 0 for m in logged)
+  evals = read_metrics(workdir, "eval")
+  assert evals[-1]["step"] == steps[-1]
+  assert 0 <= evals[-1]["eval/d_ema/backbone/knn/top1"] <= 1
+  assert os.path.exists(os.path.join(workdir, f"eval_{steps[-1]}.json"))
 
 
 def test_tiny_end_to_end_on_mock_cifar(tmp_path, mock_tfds):
