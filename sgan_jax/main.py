@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sgan_jax import config_lib, evaluate, train
+from sgan_jax import config_lib, evaluate, input_pipeline, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -40,7 +40,7 @@ def main(argv):
   try:
     state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError,
-          train.input_pipeline.DatasetUnavailableError) as e:
+          input_pipeline.DatasetUnavailableError) as e:
     # A user error: say what and how to fix it, without a traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -18,11 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from sgan_jax import checkpointing, config_lib, evaluate, input_pipeline, losses
-from sgan_jax import metric_io, samples, sharding
-from sgan_jax.step_spec import StepSpec
-
-from sgan_jax.step_spec import G_MUTABLE
+from sgan_jax import losses, sharding
+from sgan_jax.step_spec import G_MUTABLE, StepSpec
 
 
 @flax.struct.dataclass
@@ -240,6 +237,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   every `eval_every_steps` and at the end) into `workdir`.
   Returns the final state.
   """
+  # The loop's I/O needs TensorFlow, TFDS, clu and Orbax; imported here so
+  # that the state and step above run where only JAX is installed.
+  from sgan_jax import (checkpointing, config_lib, evaluate, input_pipeline,
+                        metric_io, samples)
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
   os.makedirs(workdir, exist_ok=True)
