@@ -33,7 +33,8 @@ class Checkpointer:
                               force=force)
 
   def restore(self, target, step=None):
-    """The saved state at `step` (default: newest), laid out like `target`."""
+    """The saved state at `step` (default: newest), laid out like `target`
+    (a state, or `train.abstract_train_state`)."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                             flax.serialization.to_state_dict(target))

@@ -33,12 +33,13 @@ def _d_features(spec: StepSpec, params, images):
   return out.backbone, out.raw_embedding, jnp.argmax(out.probe_logits, -1)
 
 
-def random_init_params(spec: StepSpec, seed: int):
-  """A freshly initialised D: the same architecture, never trained."""
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), 0xD1)
+def random_init_params(spec: StepSpec, seed: int, mesh):
+  """A freshly initialised D (the same architecture, never trained),
+  replicated over `mesh`."""
+  key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), 0xD1))
   size = spec.image_size
-  return jax.jit(spec.discriminator().init)(
-      key, jnp.zeros((1, size, size, 3)))["params"]
+  init = lambda k: spec.discriminator().init(k, jnp.zeros((1, size, size, 3)))
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)["params"]
 
 
 def extract_features(spec, named_params: Dict, config, builder, split, mesh):
@@ -129,7 +130,8 @@ class TrainingEvaluator:
     t0 = time.time()
     named = {"d_ema": state.d_ema_params, "d": state.d_params}
     if self._baseline is None:
-      named["random_init"] = random_init_params(state.spec, self.config.seed)
+      named["random_init"] = random_init_params(state.spec, self.config.seed,
+                                                self.mesh)
     splits = [extract_features(state.spec, named, self.config, self.builder, s,
                                self.mesh)
               for s in (self.config.train_split, self.config.test_split)]
@@ -162,8 +164,7 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None):
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-  state = ckpt.restore(train.create_train_state(config, jax.random.PRNGKey(0)),
-                       step)
+  state = ckpt.restore(train.abstract_train_state(config, mesh), step)
   ckpt.close()
   evaluator = TrainingEvaluator(config, builder, mesh, workdir)
   return step, evaluator(state, step)

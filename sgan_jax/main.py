@@ -14,12 +14,18 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sgan_jax import config_lib, evaluate, input_pipeline, train
+from sgan_jax import config_lib, evaluate, input_pipeline, sharding, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: "
+                    "host:port of process 0 (with --num_processes, --process_id).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
+                  "auto-detected settings (TPU pod slices, SLURM, ...).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,6 +41,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id, FLAGS.distributed)
   logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                jax.process_count(), jax.devices())
   try:

@@ -12,11 +12,12 @@ from sgan_jax.step_spec import StepSpec
 def fixed_latents(spec: StepSpec, seed: int, num: int = 64):
   """The same latents at every call, so that grids over a run are comparable."""
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5A3)
-  return jax.random.normal(key, (num, spec.z_dim))
+  # NumPy: the same host value on every process, replicated by jit.
+  return np.asarray(jax.random.normal(key, (num, spec.z_dim)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _generate_ema(spec: StepSpec, g_ema_params, g_state, z):
+def generate_ema(spec: StepSpec, g_ema_params, g_state, z):
   # G runs with batch statistics (as the reference always does); its state
   # is read, not advanced.
   return spec.generate(g_ema_params, g_state, z)[0]
@@ -38,7 +39,7 @@ def make_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
 
 def save_samples(state, z, workdir: str, logger=None) -> str:
   """Writes G_ema(z) as `workdir/samples/samples_<step>.png`; returns the path."""
-  images = jax.device_get(_generate_ema(state.spec, state.g_ema_params,
+  images = jax.device_get(generate_ema(state.spec, state.g_ema_params,
                                         state.g_state, z))
   grid = make_grid(images)
   step = int(state.step)

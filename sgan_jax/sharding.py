@@ -1,10 +1,17 @@
 """Where arrays live: the device mesh, and how batches and state are laid out.
 
-One named mesh axis, `data`. The train state is replicated and the batch is
-sharded along `data`; the step is written on global arrays, so every batch
-statistic (covariances, the k-NN search, G's batch norm) is over the global
-batch whatever the device count.
+One named mesh axis, `data`, over every device of every process. The train
+state is replicated and the batch is split along `data`. The step is written
+on *global* arrays and jitted with these layouts (`data_parallel_jit`), so
+XLA inserts the cross-device reductions itself: every batch statistic (the
+covariances of `gaussian_jsd`, the k-NN search, G's batch norm) is over the
+global batch, whatever the device or process count.
+
+Multi-host: `initialize_distributed` starts `jax.distributed`; each process
+then feeds its own rows (`local_batch_size`, `to_global`).
 """
+from typing import Optional, Sequence
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -12,9 +19,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None,
+                           auto: bool = False) -> None:
+  """Joins a multi-process run: explicit settings, or auto-detection (TPU
+  pods, SLURM, ...) when `auto`. Does nothing when neither is given."""
+  if coordinator_address is None and not auto:
+    return
+  # On CPU hosts the cross-process collectives need an implementation.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address is None:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
+  """A 1-D `data` mesh over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -23,6 +47,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def data_parallel_jit(step_fn, mesh: Mesh):
+  """`step_fn(state, batch) -> (state, metrics)` jitted with the state
+  replicated (and donated), the batch split along `data`, outputs replicated."""
+  rep, data = replicated(mesh), batch_sharding(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
+                 donate_argnums=0)
 
 
 def local_batch_size(global_batch_size: int) -> int:

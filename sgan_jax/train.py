@@ -45,15 +45,31 @@ def _unit_rows(key, shape):
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def create_train_state(config: ml_collections.ConfigDict,
-                       rng: jax.Array) -> TrainState:
-  """Initialises D, G, their EMAs (as copies), optimisers and the queue."""
-  return _init_state(StepSpec.from_config(config), rng)
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       mesh=None) -> TrainState:
+  """Initialises D, G, their EMAs (as copies), optimisers and the queue.
 
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_state(spec: StepSpec, rng: jax.Array) -> TrainState:
+  With a `mesh`, the state is created replicated over it (every process of
+  a multi-host run calls this with the same `rng`).
+  """
+  spec = StepSpec.from_config(config)
+  out = None if mesh is None else sharding.replicated(mesh)
   # Jitted: eager init of G's many small layers costs seconds of dispatch.
+  return jax.jit(_init_state, static_argnums=0, out_shardings=out)(
+      spec, np.asarray(rng))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) layout of a state, without computing it:
+  the target to restore a checkpoint into."""
+  rep = sharding.replicated(mesh)
+  shapes = jax.eval_shape(functools.partial(_init_state, StepSpec.from_config(config)),
+                          jax.random.PRNGKey(0))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                      shapes)
+
+
+def _init_state(spec: StepSpec, rng: jax.Array) -> TrainState:
   d, g = spec.discriminator(), spec.generator()
   k_d, k_g, k_qe, k_qk, rng = jax.random.split(rng, 5)
   size = spec.image_size
@@ -195,11 +211,8 @@ train_step = jax.jit(step_fn, donate_argnums=0)
 
 
 def make_sharded_train_step(mesh):
-  """`train_step` with explicit layouts: state replicated, batch split along
-  the mesh's data axis. Statistics stay global (see `sharding`)."""
-  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  return jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
-                 donate_argnums=0)
+  """`train_step` with explicit layouts over `mesh` (see `sharding`)."""
+  return sharding.data_parallel_jit(step_fn, mesh)
 
 
 # ----------------------------------------------------------------------- loop
@@ -247,13 +260,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   builder = input_pipeline.get_builder(config)   # fails fast if unavailable
   _write_config(config, workdir)
 
-  state = jax.device_put(create_train_state(config, jax.random.PRNGKey(config.seed)),
-                         sharding.replicated(mesh))
   step_on_mesh = make_sharded_train_step(mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+    state = ckpt.restore(abstract_train_state(config, mesh))
     logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+  else:
+    state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
   start, total = int(state.step), config.num_train_steps
   logger = metric_io.MetricsLogger(workdir)
   batches = input_pipeline.train_iterator(config, builder, mesh, start)
