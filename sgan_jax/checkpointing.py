@@ -1,10 +1,16 @@
 """Orbax checkpoints of the whole train state in `workdir/checkpoints/<step>`.
 
-Orbax writes each checkpoint to a temporary directory and renames it when it
-is complete, so a restart only ever sees finished checkpoints. The static
-`StepSpec` is not saved (the config in `workdir/config.json` defines it); the
-arrays are restored into the layout (shapes, dtypes, shardings) of a freshly
-created state.
+What survives what:
+- Orbax writes each checkpoint into a temporary directory and renames it only
+  when complete, so a kill (even -9) during a save leaves the earlier
+  checkpoints as they were and a restart never picks the half-written one.
+- A failed write (full disk, I/O error) raises `CheckpointError` naming the
+  directory; the earlier checkpoints stay valid.
+- A checkpoint that is corrupt, or that was written for another architecture
+  or config, raises `CheckpointError` naming it and the first mismatching
+  array; nothing is silently re-initialised.
+Checkpoints are arrays and JSON metadata (TensorStore), never pickles. The
+static `StepSpec` is not saved: the config defines it.
 """
 import os
 
@@ -13,15 +19,31 @@ import jax
 import orbax.checkpoint as ocp
 
 
-class Checkpointer:
-  """Periodic saves keeping the newest `max_to_keep`, and resume."""
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written, read, or does not fit the config."""
 
-  def __init__(self, workdir: str, max_to_keep: int):
+
+def _flat(tree):
+  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class Checkpointer:
+  """Periodic saves keeping the newest `max_to_keep`, and resume.
+
+  `read_only` opens someone else's checkpoints without creating, deleting or
+  writing anything.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f"no checkpoints directory at {self.directory}")
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=not read_only, read_only=read_only),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -29,21 +51,65 @@ class Checkpointer:
   def save(self, state, force: bool = False) -> bool:
     """Starts an asynchronous save of `state` at its step."""
     tree = flax.serialization.to_state_dict(state)
-    return self._manager.save(int(state.step), args=ocp.args.StandardSave(tree),
-                              force=force)
+    step = int(state.step)
+    try:
+      return self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+    except Exception as e:  # includes the error of an earlier async save
+      raise CheckpointError(self._write_failure(step, e)) from e
+
+  def wait(self):
+    """Blocks until every started save is on disk; raises if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise CheckpointError(self._write_failure(None, e)) from e
+
+  def _write_failure(self, step, error) -> str:
+    good = [s for s in self._manager.all_steps() if s != step]
+    return (f"saving a checkpoint{'' if step is None else f' of step {step}'} "
+            f"in {self.directory} failed: {type(error).__name__}: {error}. "
+            f"Free disk space or fix the file system, then re-run to resume "
+            f"from the last complete checkpoint "
+            f"({max(good) if good else 'none yet'}).")
+
+  def check_compatible(self, target, step: int):
+    """Raises CheckpointError unless checkpoint `step` fits `target`'s arrays."""
+    where = os.path.join(self.directory, str(step))
+    try:
+      saved = _flat(self._manager.item_metadata(step))
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {where} is unreadable (corrupt or "
+                            f"incomplete): {type(e).__name__}: {e}") from e
+    wanted = _flat(flax.serialization.to_state_dict(target))
+    for key in sorted(wanted.keys() | saved.keys()):
+      if key not in saved:
+        raise CheckpointError(f"checkpoint {where} does not fit this config: it "
+                              f"has no array '{key}' (another architecture?)")
+      if key not in wanted:
+        raise CheckpointError(f"checkpoint {where} does not fit this config: it "
+                              f"has an array '{key}' this config does not")
+      if tuple(saved[key].shape) != tuple(wanted[key].shape):
+        raise CheckpointError(
+            f"checkpoint {where} does not fit this config: '{key}' has shape "
+            f"{tuple(saved[key].shape)} there but {tuple(wanted[key].shape)} here "
+            f"(another architecture or config?). Use a new --workdir to start fresh.")
 
   def restore(self, target, step=None):
     """The saved state at `step` (default: newest), laid out like `target`
     (a state, or `train.abstract_train_state`)."""
     step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    self.check_compatible(target, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                             flax.serialization.to_state_dict(target))
-    tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:
+      raise CheckpointError(
+          f"checkpoint {os.path.join(self.directory, str(step))} could not be "
+          f"read (corrupt or truncated file?): {type(e).__name__}: {e}") from e
     return flax.serialization.from_state_dict(target, tree)
-
-  def wait(self):
-    """Blocks until every started save is on disk."""
-    self._manager.wait_until_finished()
 
   def close(self):
     self._manager.close()

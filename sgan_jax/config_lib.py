@@ -25,6 +25,7 @@ def reference_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # seeds init, the step's noise and the input order
   c.queue_size = 10240           # K, memory-queue rows; a multiple of the batch
   c.augment = True               # flip + random resized crop on real images (SPEC 6)
+  c.nonfinite_rollbacks = 0      # on NaN/Inf: 0 stops; N > 0 rolls back to the last checkpoint and skips the batch, up to N times
   c.keep_checkpoints = 3         # newest checkpoints kept in workdir/checkpoints
   c.log_every_steps = 100        # progress line and metrics every N steps
   c.checkpoint_every_steps = 1000  # checkpoint every N steps (and at the end)

@@ -12,6 +12,7 @@ measured on the test split; the k-NN bank and the probe use the train split.
 import functools
 import json
 import os
+import sys
 import time
 from typing import Dict, Optional
 
@@ -152,22 +153,24 @@ class TrainingEvaluator:
 
 # ------------------------------------------------------------------------ CLI
 
-def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None):
-  """Restores `workdir`'s checkpoint (newest by default) and evaluates it.
+def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
+                        output_dir: Optional[str] = None):
+  """Restores `workdir`'s checkpoint (newest by default, read-only) and
+  evaluates it; `eval_<step>.json` goes to `output_dir` (default: workdir).
 
   Returns `(step, results)`.
   """
   from sgan_jax import checkpointing, train  # train imports this module
   mesh = sharding.make_mesh()
   builder = input_pipeline.get_builder(config)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, read_only=True)
   step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
   state = ckpt.restore(train.abstract_train_state(config, mesh), step)
   ckpt.close()
-  evaluator = TrainingEvaluator(config, builder, mesh, workdir)
-  return step, evaluator(state, step)
+  output_dir = output_dir or workdir
+  os.makedirs(output_dir, exist_ok=True)
+  evaluator = TrainingEvaluator(config, builder, mesh, output_dir)
+  return int(state.step), evaluator(state, int(state.step))
 
 
 def main(argv):
@@ -184,9 +187,17 @@ def main(argv):
     for p in parents:
       node = node[p]
     node[leaf] = value
-  step, results = evaluate_checkpoint(config, flags_.workdir, flags_.step)
+  from sgan_jax import checkpointing, config_lib
+  try:
+    step, results = evaluate_checkpoint(config, flags_.workdir, flags_.step,
+                                        flags_.output_dir)
+  except (checkpointing.CheckpointError, config_lib.ConfigError,
+          input_pipeline.DatasetUnavailableError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(format_table(results))
-  print(f"wrote {os.path.join(flags_.workdir, f'eval_{step}.json')}")
+  out = flags_.output_dir or flags_.workdir
+  print(f"wrote {os.path.join(out, f'eval_{step}.json')}")
 
 
 def _define_flags():
@@ -196,6 +207,8 @@ def _define_flags():
   flags.DEFINE_string("workdir", None, "A training workdir (with config.json "
                       "and checkpoints/).")
   flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+  flags.DEFINE_string("output_dir", None, "Where eval_<step>.json goes; default: "
+                      "the workdir. Checkpoints are only ever read.")
   config_flags.DEFINE_config_dict(
       "config", config_lib.reference_config(),
       "Overrides of the workdir's config, e.g. --config.eval.knn_k=20.")

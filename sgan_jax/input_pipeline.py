@@ -41,7 +41,13 @@ def _can_download() -> bool:
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The dataset's TFDS builder, prepared (built or downloaded) if need be."""
   data_dir = config.data_dir or None
-  builder = tfds.builder(config.dataset, data_dir=data_dir)
+  try:
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise config_lib.ConfigError(
+        f"unknown dataset '{config.dataset}': neither a TFDS dataset nor one of "
+        f"this project's ({', '.join(sorted(PROJECT_DATASETS))}); "
+        f"`tfds.list_builders()` lists TFDS's") from None
   if builder.is_prepared():
     return builder
   name = config.dataset.split("/")[0]

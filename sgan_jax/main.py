@@ -14,7 +14,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sgan_jax import config_lib, evaluate, input_pipeline, sharding, train
+from sgan_jax import (checkpointing, config_lib, evaluate, guards, input_pipeline,
+                      sharding, train)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -52,6 +53,10 @@ def main(argv):
     # A user error: say what and how to fix it, without a traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except (checkpointing.CheckpointError, guards.NonFiniteError, OSError) as e:
+    # The run stopped; every checkpoint on disk is complete and finite.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
   step = int(state.step)
   results_path = os.path.join(FLAGS.workdir, f"eval_{step}.json")
   if jax.process_index() == 0 and os.path.exists(results_path):

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sgan_jax import losses, sharding
+from sgan_jax import guards, losses, sharding
 from sgan_jax.step_spec import G_MUTABLE, StepSpec
 
 
@@ -247,58 +247,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   Writes `config.json`, `checkpoints/<step>`, `metrics.jsonl`, TensorBoard
   events, `samples/samples_<step>.png` and `eval_<step>.json` (evaluation
-  every `eval_every_steps` and at the end) into `workdir`.
-  Returns the final state.
+  every `eval_every_steps` and at the end) into `workdir`. Stops early, with
+  a checkpoint, on SIGTERM/SIGINT; never saves a non-finite state (see
+  `guards`). Returns the final state.
   """
   # The loop's I/O needs TensorFlow, TFDS, clu and Orbax; imported here so
   # that the state and step above run where only JAX is installed.
-  from sgan_jax import (checkpointing, config_lib, evaluate, input_pipeline,
-                        metric_io, samples)
+  from sgan_jax import checkpointing, config_lib, input_pipeline, metric_io
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
   builder = input_pipeline.get_builder(config)   # fails fast if unavailable
+  os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
-
-  step_on_mesh = make_sharded_train_step(mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(abstract_train_state(config, mesh))
-    logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
-  else:
-    state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
-  start, total = int(state.step), config.num_train_steps
   logger = metric_io.MetricsLogger(workdir)
-  batches = input_pipeline.train_iterator(config, builder, mesh, start)
-  sample_z = samples.fixed_latents(state.spec, config.seed)
-  evaluate_fn = evaluate.TrainingEvaluator(config, builder, mesh, workdir)
-  pending, t0, last_logged = [], time.time(), start
+  trainer = _Trainer(config, workdir, mesh, builder, ckpt, logger)
+  rollbacks_left = config.nonfinite_rollbacks
+  try:
+    with guards.StopSignals() as stop:
+      while True:
+        if ckpt.latest_step() is not None:
+          state = ckpt.restore(abstract_train_state(config, mesh))
+          logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+        else:
+          state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
+        try:
+          return trainer.run(state, stop)
+        except guards.NonFiniteError as e:
+          if rollbacks_left <= 0:
+            raise
+          rollbacks_left -= 1
+          trainer.skip_steps.add(e.step)
+          ckpt.wait()   # the last good checkpoint may still be being written
+          logging.warning("%s\nRolling back to the last checkpoint and skipping "
+                          "the batch of step %d (%d rollbacks left).",
+                          e, e.step, rollbacks_left)
+  finally:
+    ckpt.close()
+    logger.close()
 
-  for step in range(start + 1, total + 1):
-    state, metrics = step_on_mesh(state, next(batches))
-    pending.append(metrics)
-    if step == start + 1:   # time steps, not compilation
-      jax.block_until_ready(metrics)
-      t0, last_logged = time.time(), step
-    if _due(step, config.log_every_steps, total):
-      means = {k: float(np.mean(v)) for k, v in
-               jax.device_get(jax.tree.map(lambda *m: jnp.stack(m), *pending)).items()}
-      rate = max(step - last_logged, 1) / (time.time() - t0)
-      means["images_per_second"] = rate * config.global_batch_size
-      logger.scalars(step, means)
-      logging.info(_progress_line(step, total, means["images_per_second"],
-                                  (total - step) / rate, means))
-      pending, t0, last_logged = [], time.time(), step
-    if _due(step, config.sample_every_steps, total):
-      samples.save_samples(state, sample_z, workdir, logger)
-    if _due(step, config.checkpoint_every_steps, total):
-      ckpt.save(state)
-    if _due(step, config.eval_every_steps, total):
-      evaluate_fn(state, step, logger)
-  if start >= total:
-    logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)
-  ckpt.wait()
-  ckpt.close()
-  logger.flush()
-  logger.close()
-  return state
+
+class _Trainer:
+  """The loop body: steps, and the periodic logging, samples, checkpoints and
+  evaluation, with every check done before anything is written."""
+
+  def __init__(self, config, workdir, mesh, builder, ckpt, logger):
+    from sgan_jax import evaluate, samples
+    self.config, self.workdir, self.mesh, self.builder = config, workdir, mesh, builder
+    self.ckpt, self.logger, self.samples = ckpt, logger, samples
+    self.step_fn = make_sharded_train_step(mesh)
+    self.evaluate_fn = evaluate.TrainingEvaluator(config, builder, mesh, workdir)
+    self.skip_steps = set()   # steps whose batch is skipped after a rollback
+
+  def run(self, state: TrainState, stop: "guards.StopSignals") -> TrainState:
+    from sgan_jax import input_pipeline
+    config, total = self.config, self.config.num_train_steps
+    start = int(state.step)
+    if start >= total:
+      logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)
+    batches = input_pipeline.train_iterator(config, self.builder, self.mesh, start)
+    sample_z = self.samples.fixed_latents(state.spec, config.seed)
+    pending, unchecked, t0, last_logged = [], [], time.time(), start
+    for step in range(start + 1, total + 1):
+      batch = next(batches)
+      if step in self.skip_steps:
+        batch = next(batches)
+      state, metrics = self.step_fn(state, batch)
+      pending.append(metrics)
+      unchecked.append((step, metrics))
+      if step == start + 1:   # time steps, not compilation
+        jax.block_until_ready(metrics)
+        t0, last_logged = time.time(), step
+      due = {k: _due(step, config[f"{k}_every_steps"], total)
+             for k in ("log", "sample", "checkpoint", "eval")}
+      stopping = stop.requested is not None
+      if any(due.values()) or stopping:
+        bad = guards.first_nonfinite(unchecked)
+        if bad is not None:
+          raise guards.NonFiniteError(*bad)
+        unchecked = []
+      if due["log"]:
+        means = {k: float(np.mean(v)) for k, v in
+                 jax.device_get(jax.tree.map(lambda *m: jnp.stack(m), *pending)).items()}
+        rate = max(step - last_logged, 1) / (time.time() - t0)
+        means["images_per_second"] = rate * config.global_batch_size
+        self.logger.scalars(step, means)
+        logging.info(_progress_line(step, total, means["images_per_second"],
+                                    (total - step) / rate, means))
+        pending, t0, last_logged = [], time.time(), step
+      if due["sample"]:
+        self.samples.save_samples(state, sample_z, self.workdir, self.logger)
+      if due["checkpoint"] or stopping:
+        self.ckpt.save(state, force=stopping)
+      if stopping:
+        self.ckpt.wait()
+        logging.warning("%s received: saved checkpoint %d in %s; exiting.",
+                        stop.requested, step, self.ckpt.directory)
+        return state
+      if due["eval"]:
+        self.evaluate_fn(state, step, self.logger)
+    self.ckpt.wait()
+    self.logger.flush()
+    return state
