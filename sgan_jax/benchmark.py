@@ -1,11 +1,20 @@
-"""Throughput of the training step on synthetic data.
+"""Throughput and cost model of the training step.
 
 `python -m sgan_jax.benchmark --config=configs/cifar10.py [--steps=N]
  [--json=out.json] [--config.global_batch_size=...]`
 
-Prints the compile time, the median step time over N timed steps (after
-warm-up) and images/s, and writes the same figures as JSON. Only JAX is
-needed (no TensorFlow): the batch is random images already on the devices.
+Prints, and writes as JSON:
+- the compile time, the median step time over N timed steps (after warm-up)
+  and images/s, on random images already on the devices;
+- the step's FLOPs counted from its differentiated program (`flops`), and the
+  achieved FLOP/s as a fraction of a measured float32 matmul peak (and, on
+  accelerators, of a bfloat16 one);
+- the time and FLOPs of each phase: the D phase with and without the Jacobian
+  term, the G phase, and the k-NN search;
+- the overhead of the structural objectives over a plain step of the same
+  networks with only the coarse (Gaussian) adversarial term;
+- the TFDS input pipeline's images/s alone, where TensorFlow and the dataset
+  are available.
 """
 import json
 import platform
@@ -16,8 +25,9 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+import optax
 
-from sgan_jax import config_lib, sharding, train
+from sgan_jax import config_lib, flops, losses, sharding, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -26,6 +36,8 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 flags.mark_flags_as_required(["config"])
+flags.DEFINE_integer("pipeline_batches", 50, "Batches timed for the input "
+                     "pipeline (0 skips it).")
 
 
 def synthetic_batch(config, mesh, seed=0):
@@ -36,49 +48,159 @@ def synthetic_batch(config, mesh, seed=0):
   return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
-def measure(config, steps: int, warmup: int):
-  """Compile and step times of the sharded train step; returns a dict."""
-  mesh = sharding.make_mesh()
-  config_lib.validate(config, jax.process_count(), jax.device_count())
-  state = jax.device_put(train.create_train_state(config, jax.random.PRNGKey(0)),
-                         sharding.replicated(mesh))
-  batch = synthetic_batch(config, mesh)
+def plain_step(state, batch):
+  """The baseline: the same networks and optimisers, only `gaussian_jsd`
+  (no k-NN terms, Jacobian, hinge, probe, EMA keys or queue)."""
+  spec, d = state.spec, state.spec.discriminator()
+  n = batch["image"].shape[0]
+  noise = train.draw_step_noise(spec, state.rng, n)
+  fake, g_state = spec.generate(state.g_params, state.g_state, noise["z_d"])
+  both = jnp.concatenate([batch["image"], jax.lax.stop_gradient(fake)])
+
+  def d_loss(p):
+    z = d.apply({"params": p}, both).embedding
+    return -losses.gaussian_jsd(z[:n], z[n:], spec.eps)
+  grads = jax.grad(d_loss)(state.d_params)
+  upd, d_opt = spec.d_optimizer().update(grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, upd)
+  real = jax.lax.stop_gradient(d.apply({"params": d_params}, batch["image"]).embedding)
+
+  def g_loss(p):
+    fake, new_state = spec.generate(p, g_state, noise["z_g"])
+    return losses.gaussian_jsd(real, d.apply({"params": d_params}, fake).embedding,
+                               spec.eps), new_state
+  grads, g_state = jax.grad(g_loss, has_aux=True)(state.g_params)
+  upd, g_opt = spec.g_optimizer().update(grads, state.g_opt_state, state.g_params)
+  return state.replace(d_params=d_params, d_opt_state=d_opt, g_state=g_state,
+                       g_params=optax.apply_updates(state.g_params, upd),
+                       g_opt_state=g_opt, step=state.step + 1), {}
+
+
+def _time(fn, args, steps, warmup):
+  """Compile seconds and the median seconds of `fn(*args)` (not donated)."""
   t0 = time.perf_counter()
-  step = train.make_sharded_train_step(mesh).lower(state, batch).compile()
+  compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
+    jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, metrics = step(state, batch)
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return compile_s, statistics.median(times)
+
+
+def matmul_peak_flops(dtype=jnp.float32, size=2048, repeats=5):
+  """Best matmul FLOP/s of this backend in `dtype` (a measured, practical peak)."""
+  a = jnp.ones((size, size), dtype)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  best = min(_timed(f, a) for _ in range(repeats))
+  return 2 * size ** 3 / best
+
+
+def _timed(f, a):
+  t0 = time.perf_counter()
+  jax.block_until_ready(f(a))
+  return time.perf_counter() - t0
+
+
+def pipeline_images_per_s(config, batches):
+  """The TFDS pipeline alone (augmentation included), in images/s."""
+  from sgan_jax import input_pipeline
+  ds = input_pipeline.train_dataset(config, input_pipeline.get_builder(config))
+  it = ds.as_numpy_iterator()
+  next(it)   # start-up (file opening, caches) is not throughput
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * sharding.local_batch_size(config.global_batch_size) / (
+      time.perf_counter() - t0)
+
+
+def measure(config, steps: int, warmup: int, pipeline_batches: int = 0):
+  """Every figure of the benchmark, as a flat dict."""
+  mesh = sharding.make_mesh()
+  config_lib.validate(config, jax.process_count(), jax.device_count())
+  state = train.create_train_state(config, jax.random.PRNGKey(0), mesh)
+  batch = synthetic_batch(config, mesh)
+  spec, n = state.spec, config.global_batch_size
+  noise = train.draw_step_noise(spec, jax.random.PRNGKey(1), n)
+  x, y = batch["image"], batch["label"]
+  real_keys = train.ema_keys(spec, state.d_ema_params, x)
+  unit = lambda k, c: jax.random.normal(k, (n, c)) / jnp.sqrt(c)
+  knn_args = (real_keys, unit(jax.random.PRNGKey(2), spec.embed_dim), real_keys,
+              unit(jax.random.PRNGKey(3), spec.embed_dim), state.queue_keys, state.queue_emb)
+  knn = lambda *a: losses.knn_similarities(*a, k=spec.knn_k,
+                                           skip_nearest_fake=spec.skip_nearest_fake)
+  parts = {
+      "plain_step": (plain_step, (state, batch)),
+      "d_phase": (train.d_phase, (state, x, y, noise["z_d"], noise["u"])),
+      "d_phase_no_jacobian": (lambda *a: train.d_phase(*a, with_jacobian=False),
+                              (state, x, y, noise["z_d"], noise["u"])),
+      "g_phase": (train.g_phase, (state, state.d_params, state.g_state, x, real_keys,
+                                  noise["z_g"])),
+      "knn_search": (knn, knn_args),
+  }
+  result = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "num_devices": jax.device_count(), "host": platform.node(),
+            "jax_version": jax.__version__, "global_batch_size": n,
+            "image_size": config.image_size, "timed_steps": steps}
+  result["step_flops"] = flops.count(train.step_fn, state, batch)
+  for name, (fn, args) in parts.items():
+    compile_s, median = _time(fn, args, max(steps // 2, 1), warmup)
+    result[f"{name}_flops"] = flops.count(fn, *args)
+    result[f"{name}_time_s"] = median
+    result[f"{name}_compile_s"] = compile_s
+  # The real, sharded and donating step, as the training loop runs it.
+  step_on_mesh = train.make_sharded_train_step(mesh)
+  t0 = time.perf_counter()
+  compiled = step_on_mesh.lower(state, batch).compile()
+  result["compile_s"] = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   median = statistics.median(times)
-  return {
-      "backend": jax.default_backend(),
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
-      "host": platform.node(),
-      "jax_version": jax.__version__,
-      "global_batch_size": config.global_batch_size,
-      "image_size": config.image_size,
-      "compile_s": compile_s,
-      "timed_steps": steps,
-      "step_time_median_s": median,
-      "step_time_min_s": min(times),
-      "images_per_s": config.global_batch_size / median,
-      "final_d_loss": float(metrics["d/loss"]),
-      "final_g_loss": float(metrics["g/loss"]),
-  }
+  result.update(step_time_median_s=median, step_time_min_s=min(times),
+                images_per_s=n / median, achieved_flops_per_s=result["step_flops"] / median,
+                final_d_loss=float(metrics["d/loss"]), final_g_loss=float(metrics["g/loss"]))
+  result["structural_overhead"] = median / result["plain_step_time_s"]
+  result["jacobian_share_of_d_phase"] = 1 - (result["d_phase_no_jacobian_time_s"]
+                                             / result["d_phase_time_s"])
+  achieved = result["achieved_flops_per_s"]
+  on_cpu = jax.default_backend() == "cpu"
+  # JAX's default precision: on NVIDIA GPUs float32 matmuls may use TF32.
+  peak = matmul_peak_flops(size=2048 if on_cpu else 8192)
+  result["matmul_peak_fp32_flops_per_s"] = peak
+  result["fraction_of_fp32_peak"] = achieved / peak
+  if not on_cpu:   # XLA:CPU has no fast bf16 matmul
+    peak16 = matmul_peak_flops(jnp.bfloat16, size=8192)
+    result["matmul_peak_bf16_flops_per_s"] = peak16
+    result["fraction_of_bf16_peak"] = achieved / peak16
+  result["pipeline_images_per_s"] = None
+  result["pipeline_note"] = "skipped (--pipeline_batches=0)"
+  if pipeline_batches:
+    try:
+      result["pipeline_images_per_s"] = pipeline_images_per_s(config, pipeline_batches)
+      result["pipeline_note"] = f"{config.dataset}, augment={config.augment}"
+    except Exception as e:  # no TensorFlow or no data here: say so, go on
+      result["pipeline_note"] = f"not measured: {type(e).__name__}: {e}"[:300]
+  ratio = result["pipeline_images_per_s"]
+  result["pipeline_to_step_ratio"] = None if ratio is None else ratio / result["images_per_s"]
+  return result
 
 
 def main(argv):
   del argv
-  result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup)
+  result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches)
   for key, value in result.items():
-    print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(result, f, indent=1)

@@ -112,4 +112,8 @@ class Checkpointer:
     return flax.serialization.from_state_dict(target, tree)
 
   def close(self):
-    self._manager.close()
+    """Waits for saves in flight (raising CheckpointError if one failed)."""
+    try:
+      self._manager.close()
+    except Exception as e:
+      raise CheckpointError(self._write_failure(None, e)) from e

@@ -111,9 +111,10 @@ def ema_keys(spec: StepSpec, d_ema_params, images):
       d.apply({"params": d_ema_params}, images, method=d.keys))
 
 
-def d_phase(state: TrainState, images, labels, z, u):
+def d_phase(state: TrainState, images, labels, z, u, with_jacobian: bool = True):
   """D update on `x` and `sg(G(z))`; returns (d_params, opt_state, g_state,
-  real_keys, metrics)."""
+  real_keys, metrics). `with_jacobian=False` (for the benchmark's cost split
+  only) drops the smoothness term and its power iteration."""
   spec, d = state.spec, state.spec.discriminator()
   n = images.shape[0]
   fake, g_state = spec.generate(state.g_params, state.g_state, z)
@@ -124,8 +125,11 @@ def d_phase(state: TrainState, images, labels, z, u):
     def embed(x):
       out = d.apply({"params": d_params}, x)
       return out.raw_embedding, out
-    sigma, _, out = losses.power_iteration_sigma(
-        embed, both, u, spec.jacobian_iters, has_aux=True)
+    if with_jacobian:
+      sigma, _, out = losses.power_iteration_sigma(
+          embed, both, u, spec.jacobian_iters, has_aux=True)
+    else:
+      out, sigma = embed(both)[1], jnp.ones((both.shape[0],), images.dtype)
     real, fake_out = _split(out, n)
     return losses.discriminator_loss(
         real.embedding, fake_out.embedding, real.raw_embedding, real_keys,
@@ -174,6 +178,11 @@ def step_fn(state: TrainState, batch: Dict[str, jax.Array],
             noise: Optional[Dict[str, jax.Array]] = None
             ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One training step (un-jitted; see `train_step`).
+
+  G runs in training mode in both phases, as in the reference, so its
+  batch-norm running averages and spectral-norm vectors advance twice per
+  step (the losses use batch statistics, so only the running averages see
+  the difference).
 
   `noise` optionally injects the step's random draws (`draw_step_noise`'s
   dict: z_d, z_g, u); by default they come from `state.rng`.
@@ -262,29 +271,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   logger = metric_io.MetricsLogger(workdir)
   trainer = _Trainer(config, workdir, mesh, builder, ckpt, logger)
-  rollbacks_left = config.nonfinite_rollbacks
   try:
-    with guards.StopSignals() as stop:
-      while True:
-        if ckpt.latest_step() is not None:
-          state = ckpt.restore(abstract_train_state(config, mesh))
-          logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
-        else:
-          state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
-        try:
-          return trainer.run(state, stop)
-        except guards.NonFiniteError as e:
-          if rollbacks_left <= 0:
-            raise
-          rollbacks_left -= 1
-          trainer.skip_steps.add(e.step)
-          ckpt.wait()   # the last good checkpoint may still be being written
-          logging.warning("%s\nRolling back to the last checkpoint and skipping "
-                          "the batch of step %d (%d rollbacks left).",
-                          e, e.step, rollbacks_left)
-  finally:
-    ckpt.close()
-    logger.close()
+    state = _train_with_rollbacks(config, mesh, ckpt, trainer)
+  except BaseException:
+    # Report the first error; one from closing (e.g. the same full disk
+    # failing the save in flight) would only hide it.
+    for closer in (ckpt.close, logger.close):
+      try:
+        closer()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("while stopping: %s", e)
+    raise
+  ckpt.close()
+  logger.close()
+  return state
+
+
+def _train_with_rollbacks(config, mesh, ckpt, trainer) -> TrainState:
+  """Resume or start, train; on a non-finite step, roll back if allowed."""
+  rollbacks_left = config.nonfinite_rollbacks
+  with guards.StopSignals() as stop:
+    while True:
+      if ckpt.latest_step() is not None:
+        state = ckpt.restore(abstract_train_state(config, mesh))
+        logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+      else:
+        state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
+      try:
+        return trainer.run(state, stop)
+      except guards.NonFiniteError as e:
+        if rollbacks_left <= 0:
+          raise
+        rollbacks_left -= 1
+        trainer.skip_steps.add(e.step)
+        ckpt.wait()   # the last good checkpoint may still be being written
+        logging.warning("%s\nRolling back to the last checkpoint and skipping "
+                        "the batch of step %d (%d rollbacks left).",
+                        e, e.step, rollbacks_left)
 
 
 class _Trainer:

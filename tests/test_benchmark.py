@@ -1,0 +1,57 @@
+"""The FLOP counter against hand counts, and the benchmark's JSON fields."""
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from sgan_jax import benchmark, config_lib, flops
+from sgan_jax.models import Discriminator
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
+
+
+def conv(n, hw, k, cin, cout):
+  return 2 * n * hw * hw * k * k * cin * cout
+
+
+def test_flops_of_the_tiny_discriminator_match_a_hand_count():
+  n = 4
+  d = Discriminator(16, (8, 16, 16), 1, embed_dim=16, num_classes=10)
+  x = jnp.zeros((n, 16, 16, 3))
+  params = d.init(jax.random.PRNGKey(0), x)
+  expected = (conv(n, 16, 3, 3, 8)                                   # stem
+              + 2 * conv(n, 16, 3, 8, 8)                             # stage 1
+              + conv(n, 8, 3, 8, 16) + conv(n, 8, 3, 16, 16) + conv(n, 8, 1, 8, 16)
+              + 2 * conv(n, 4, 3, 16, 16) + conv(n, 4, 1, 16, 16)   # stage 3
+              + 2 * n * (16 * 16 + 16 * 16 + 16 * 10))               # head, probe
+  assert flops.count(d.apply, params, x) == expected
+
+
+def test_flops_of_a_gradient_include_the_backward_convolutions():
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 16))
+  f = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+  one = conv(2, 8, 3, 3, 16)
+  assert flops.count(f, x, w) == one
+  assert flops.count(jax.grad(f, argnums=1), x, w) == 2 * one   # + weight grad
+  assert flops.count(jax.grad(f, argnums=(0, 1)), x, w) == 3 * one
+
+
+@pytest.mark.slow   # compiles six variants of the step
+def test_benchmark_reports_every_field(tmp_path):
+  config = config_lib.load_config(TINY)
+  config.dataset, config.data_dir = "sklearn_digits", str(tmp_path)
+  result = benchmark.measure(config, steps=2, warmup=1, pipeline_batches=3)
+  assert result["step_flops"] > 0
+  for part in ("plain_step", "d_phase", "d_phase_no_jacobian", "g_phase",
+               "knn_search"):
+    assert result[f"{part}_flops"] > 0 and result[f"{part}_time_s"] > 0
+  assert result["step_flops"] > result["d_phase_flops"] > result["d_phase_no_jacobian_flops"]
+  assert result["step_flops"] > result["plain_step_flops"]
+  for key in ("compile_s", "step_time_median_s", "images_per_s", "achieved_flops_per_s",
+              "structural_overhead", "jacobian_share_of_d_phase",
+              "matmul_peak_fp32_flops_per_s", "fraction_of_fp32_peak",
+              "pipeline_images_per_s", "pipeline_to_step_ratio"):
+    assert isinstance(result[key], float) and result[key] > 0, key
+  assert result["backend"] == "cpu" and result["global_batch_size"] == 8
