@@ -35,6 +35,8 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file.",
 flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
+flags.DEFINE_bool("phases", True, "Also time and count each phase and the "
+                  "plain step (one compile each).")
 flags.mark_flags_as_required(["config"])
 flags.DEFINE_integer("pipeline_batches", 50, "Batches timed for the input "
                      "pipeline (0 skips it).")
@@ -119,8 +121,10 @@ def pipeline_images_per_s(config, batches):
       time.perf_counter() - t0)
 
 
-def measure(config, steps: int, warmup: int, pipeline_batches: int = 0):
-  """Every figure of the benchmark, as a flat dict."""
+def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
+            phases: bool = True):
+  """Every figure of the benchmark, as a flat dict (the phase split and the
+  plain-step overhead only with `phases`)."""
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
   state = train.create_train_state(config, jax.random.PRNGKey(0), mesh)
@@ -148,7 +152,8 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0):
             "jax_version": jax.__version__, "global_batch_size": n,
             "image_size": config.image_size, "timed_steps": steps}
   result["step_flops"] = flops.count(train.step_fn, state, batch)
-  for name, (fn, args) in parts.items():
+  result["compute_dtype"] = config.model.compute_dtype
+  for name, (fn, args) in (parts.items() if phases else ()):
     compile_s, median = _time(fn, args, max(steps // 2, 1), warmup)
     result[f"{name}_flops"] = flops.count(fn, *args)
     result[f"{name}_time_s"] = median
@@ -170,9 +175,10 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0):
   result.update(step_time_median_s=median, step_time_min_s=min(times),
                 images_per_s=n / median, achieved_flops_per_s=result["step_flops"] / median,
                 final_d_loss=float(metrics["d/loss"]), final_g_loss=float(metrics["g/loss"]))
-  result["structural_overhead"] = median / result["plain_step_time_s"]
-  result["jacobian_share_of_d_phase"] = 1 - (result["d_phase_no_jacobian_time_s"]
-                                             / result["d_phase_time_s"])
+  if phases:
+    result["structural_overhead"] = median / result["plain_step_time_s"]
+    result["jacobian_share_of_d_phase"] = 1 - (result["d_phase_no_jacobian_time_s"]
+                                               / result["d_phase_time_s"])
   achieved = result["achieved_flops_per_s"]
   on_cpu = jax.default_backend() == "cpu"
   # JAX's default precision: on NVIDIA GPUs float32 matmuls may use TF32.
@@ -198,7 +204,8 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0):
 
 def main(argv):
   del argv
-  result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches)
+  result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches,
+                   FLAGS.phases)
   for key, value in result.items():
     print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
   if FLAGS.json:

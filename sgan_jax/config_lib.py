@@ -40,6 +40,7 @@ def reference_config() -> ml_collections.ConfigDict:
   m.g_ch = 128                   # G base width; stage widths are multiples of it
   m.g_depth = 2                  # G blocks per up-stage
   m.z_dim = 128                  # G latent size
+  m.compute_dtype = "float32"    # "bfloat16": bf16 activations; parameters, optimisers and losses stay float32
 
   c.loss = l = ml_collections.ConfigDict()
   l.eps = 0.5                    # coding-rate distortion of gaussian_jsd
@@ -143,6 +144,9 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   for name, value in positive.items():
     if not value > 0:
       raise ConfigError(f"{name} must be positive, got {value}")
+  if config.model.compute_dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"model.compute_dtype must be 'float32' or 'bfloat16', "
+                      f"got {config.model.compute_dtype!r}")
   subset = class_subset_ids(config)
   if subset is not None and len(subset) != config.num_classes:
     raise ConfigError(f"class_subset keeps {len(subset)} classes but "

@@ -8,6 +8,7 @@ share one compiled step.
 import dataclasses
 from typing import Any, Dict, Tuple
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -29,6 +30,7 @@ class StepSpec:
   g_ch: int
   g_depth: int
   z_dim: int
+  compute_dtype: str
   queue_size: int
   eps: float
   knn_k: int
@@ -55,6 +57,7 @@ class StepSpec:
         d_widths=tuple(m.d_widths), d_blocks_per_stage=m.d_blocks_per_stage,
         embed_dim=m.embed_dim, channels_per_group=m.channels_per_group,
         g_ch=m.g_ch, g_depth=m.g_depth, z_dim=m.z_dim,
+        compute_dtype=m.compute_dtype,
         queue_size=config.queue_size, eps=l.eps, knn_k=l.knn_k,
         skip_nearest_fake=l.skip_nearest_fake,
         renormalize_mean=l.renormalize_mean, jacobian_iters=l.jacobian_iters,
@@ -66,10 +69,12 @@ class StepSpec:
   def discriminator(self) -> Discriminator:
     return Discriminator(self.image_size, self.d_widths,
                          self.d_blocks_per_stage, self.embed_dim,
-                         self.num_classes, self.channels_per_group)
+                         self.num_classes, self.channels_per_group,
+                         jnp.dtype(self.compute_dtype))
 
   def generator(self) -> Generator:
-    return Generator(self.image_size, self.g_ch, self.g_depth, self.z_dim)
+    return Generator(self.image_size, self.g_ch, self.g_depth, self.z_dim,
+                     dtype=jnp.dtype(self.compute_dtype))
 
   def d_optimizer(self) -> optax.GradientTransformation:
     # Decoupled weight decay on every D and probe parameter, as torch AdamW.

@@ -130,3 +130,20 @@ def test_repeated_g_phases_lower_the_g_loss(stepped):
     state = state.replace(g_params=g_params, g_opt_state=g_opt)
     losses.append(float(m["loss"]))
   assert losses[-1] < losses[0] - 0.01, losses
+
+
+def test_bfloat16_activations_keep_float32_state_and_close_losses(stepped):
+  config, before, _, metrics32, batch = stepped
+  config = config_lib.load_config(CONFIG)
+  config.model.compute_dtype = "bfloat16"
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  # Same initial parameters: the dtype changes the computation, not the init.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.d_params),
+               before.d_params)
+  after, metrics16 = train.train_step(state, batch)
+  for leaf in jax.tree.leaves(after):
+    assert leaf.dtype in (jnp.float32, jnp.int32, jnp.uint32), leaf.dtype
+    assert np.all(np.isfinite(leaf))
+  for name in ("d/loss", "d/jsd", "d/real_sim", "d/fake_sim", "g/loss", "g/jsd"):
+    assert float(metrics16[name]) == pytest.approx(float(metrics32[name]), rel=0.05,
+                                                   abs=0.02), name

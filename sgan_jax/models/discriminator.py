@@ -5,7 +5,7 @@ D has no operation that mixes samples of a batch (GroupNorm is per sample),
 which is what lets `losses.jacobian_sigma` get every per-sample Jacobian
 product from one batched VJP or JVP.
 """
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ class GroupNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     groups = layers.group_norm_groups(x.shape[-1], self.channels_per_group)
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5)(x)
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=x.dtype)(x)
 
 
 def _avg_pool(x, stride):
@@ -84,7 +84,7 @@ class Encoder(nn.Module):
         stride = 2 if (s > 0 and b == 0) else 1
         x = BasicBlock(width, stride, self.channels_per_group,
                        name=f"stage{s + 1}_block{b + 1}")(x)
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x, axis=(1, 2), dtype=jnp.float32)   # h is float32
 
 
 class Dense(nn.Module):
@@ -101,7 +101,9 @@ class Discriminator(nn.Module):
   """D: encoder -> h; head Dense-ELU-Dense -> e; z = e/||e||; probe on sg(h).
 
   Defaults are the CIFAR reference (32x32, ResNet-18 widths, embedding 128,
-  10 classes). Parameters live under `encoder`, `head` and `probe`.
+  10 classes). Parameters live under `encoder`, `head` and `probe`, always in
+  float32; `dtype` bfloat16 runs the encoder's activations in bfloat16 (the
+  backbone feature and everything after it stay float32).
   """
   resolution: int = 32
   widths: Sequence[int] = DEFAULT_WIDTHS[32]
@@ -109,6 +111,7 @@ class Discriminator(nn.Module):
   embed_dim: int = 128
   num_classes: int = 10
   channels_per_group: int = 16
+  dtype: Any = jnp.float32
 
   def setup(self):
     if len(self.widths) != num_stages(self.resolution):
@@ -123,7 +126,7 @@ class Discriminator(nn.Module):
     self.probe = Dense(self.num_classes)
 
   def __call__(self, images) -> DOutput:
-    h = self.encoder(images)
+    h = self.encoder(images.astype(self.dtype))
     e = self.head(h)
     z = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
     logits = self.probe(jax.lax.stop_gradient(h))
@@ -131,5 +134,5 @@ class Discriminator(nn.Module):
 
   def keys(self, images):
     """Normalised backbone features `h / ||h||`: D_ema's neighbour-search keys."""
-    h = self.encoder(images)
+    h = self.encoder(images.astype(self.dtype))
     return h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), 1e-12)

@@ -5,7 +5,7 @@ Every conv and dense layer is spectrally normalised. G always normalises with
 batch statistics (the reference runs it in training mode, when sampling too);
 call `apply` with `mutable=["batch_stats", "spectral"]` to advance its state.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,8 @@ class Generator(nn.Module):
   """G(z) -> images [N, resolution, resolution, 3] in [-1, 1].
 
   Defaults are the CIFAR reference (32x32, ch 128, depth 2, z 128).
-  `z_dim` is the latent size; `sample_latents` draws it.
+  `z_dim` is the latent size. Parameters are float32; `dtype` bfloat16 runs
+  the activations in bfloat16 (batch statistics and the output stay float32).
   """
   resolution: int = 32
   ch: int = 128
@@ -72,10 +73,12 @@ class Generator(nn.Module):
   z_dim: int = 128
   bottom_width: int = 4
   sn_eps: float = 1e-6
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z):
     stages = stage_channels(self.resolution, self.ch)
+    z = z.astype(self.dtype)
     # y conditions every cBN. As in the reference code, the 4x4 layer reads y
     # (the reference overwrites z with this layer's output before using it).
     y = layers.SNDense(self.z_dim, eps=self.sn_eps, name="latent")(z)
@@ -92,5 +95,5 @@ class Generator(nn.Module):
                    name=f"stage{s + 1}_block{b + 1}")(h, y)
     h = nn.relu(layers.BatchNorm(use_affine=True, name="out_bn")(h))
     h = layers.SNConv(3, eps=self.sn_eps, kernel_size=3, name="out_conv")(h)
-    return jnp.tanh(h)
+    return jnp.tanh(h).astype(jnp.float32)
 

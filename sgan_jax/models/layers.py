@@ -78,8 +78,8 @@ class SNDense(_SpectralNormLayer):
   def __call__(self, x):
     fan_in = x.shape[-1]
     kernel, bias = self.normalized_kernel((fan_in, self.features), fan_in)
-    y = x @ kernel
-    return y + bias if bias is not None else y
+    y = x @ kernel.astype(x.dtype)
+    return y + bias.astype(x.dtype) if bias is not None else y
 
 
 class SNConv(_SpectralNormLayer):
@@ -92,15 +92,16 @@ class SNConv(_SpectralNormLayer):
     kernel, bias = self.normalized_kernel((ks, ks, cin, self.features),
                                           ks * ks * cin)
     y = conv2d(x, kernel)
-    return y + bias if bias is not None else y
+    return y + bias.astype(x.dtype) if bias is not None else y
 
 
 def conv2d(x, kernel):
-  """NHWC 'same' convolution with an HWIO kernel, stride 1."""
+  """NHWC 'same' convolution with an HWIO kernel, stride 1, computed in the
+  dtype of `x` (float32 parameters are cast for bfloat16 activations)."""
   ks = kernel.shape[0]
   pad = ks // 2
   return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+      x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -122,7 +123,8 @@ class BatchNorm(nn.Module):
 
   Normalises with the biased batch variance; the running averages (momentum
   `momentum`, unbiased variance) are updated when `batch_stats` is mutable.
-  Statistics are over the whole (global) batch the array holds.
+  Statistics are over the whole (global) batch the array holds, in float32
+  whatever the activations' dtype.
   """
   use_affine: bool = True
   eps: float = 1e-5
@@ -130,8 +132,9 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c = x.shape[-1]
+    c, dtype = x.shape[-1], x.dtype
     axes = tuple(range(x.ndim - 1))
+    x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=axes)
     var = jnp.mean(jnp.square(x - mean), axis=axes)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
@@ -146,7 +149,7 @@ class BatchNorm(nn.Module):
     if self.use_affine:
       y = y * self.param("scale", nn.initializers.ones, (c,))
       y = y + self.param("bias", nn.initializers.zeros, (c,))
-    return y
+    return y.astype(dtype)
 
 
 class SelfModulatedBatchNorm(nn.Module):
