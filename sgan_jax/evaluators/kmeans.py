@@ -13,9 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics
 
-
-def _unit(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from sgan_jax.evaluators import unit_rows
 
 
 def _plus_plus(x, k, key):
@@ -36,7 +34,7 @@ def _plus_plus(x, k, key):
 
 @functools.partial(jax.jit, static_argnames=("k", "iters"))
 def _cluster(x, key, k, iters):
-  x = _unit(x)
+  x = unit_rows(x)
   centres = _plus_plus(x, k, key)
 
   def lloyd(carry):
@@ -46,7 +44,7 @@ def _cluster(x, key, k, iters):
     sums = one_hot.T @ x
     counts = one_hot.sum(0)[:, None]
     # An emptied cluster keeps its centre rather than collapsing to zero.
-    new_centres = jnp.where(counts > 0, _unit(sums), centres)
+    new_centres = jnp.where(counts > 0, unit_rows(sums), centres)
     return new_centres, new_assign, jnp.any(new_assign != assign), it + 1
 
   init = (centres, jnp.full((x.shape[0],), -1), jnp.array(True), 0)

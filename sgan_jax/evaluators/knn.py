@@ -11,14 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _unit(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from sgan_jax.evaluators import unit_rows
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _predict_chunk(bank, bank_labels, queries, temperature, k, num_classes):
-  sims, idx = jax.lax.top_k(_unit(queries) @ bank.T, k)
+  sims, idx = jax.lax.top_k(unit_rows(queries) @ bank.T, k)
   weights = jnp.exp(sims / temperature)
   votes = jnp.zeros((queries.shape[0], num_classes), weights.dtype)
   rows = jnp.arange(queries.shape[0])[:, None]
@@ -30,7 +28,7 @@ def predict(train_x, train_y, test_x, num_classes, k=200, temperature=0.1,
             chunk=512):
   """Predicted labels [N_test] of the weighted k-NN vote."""
   k = min(k, len(train_x))
-  bank = _unit(jnp.asarray(train_x, jnp.float32))
+  bank = unit_rows(jnp.asarray(train_x, jnp.float32))
   bank_labels = jnp.asarray(train_y, jnp.int32)
   test_x = np.asarray(test_x, np.float32)
   n = len(test_x)

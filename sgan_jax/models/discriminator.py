@@ -47,6 +47,10 @@ class GroupNorm(nn.Module):
     return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=x.dtype)(x)
 
 
+def _unit_rows(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def _avg_pool(x, stride):
   return x if stride == 1 else nn.avg_pool(x, (stride, stride), (stride, stride))
 
@@ -128,11 +132,11 @@ class Discriminator(nn.Module):
   def __call__(self, images) -> DOutput:
     h = self.encoder(images.astype(self.dtype))
     e = self.head(h)
-    z = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+    z = _unit_rows(e)
     logits = self.probe(jax.lax.stop_gradient(h))
     return DOutput(h, e, z, logits)
 
   def keys(self, images):
     """Normalised backbone features `h / ||h||`: D_ema's neighbour-search keys."""
     h = self.encoder(images.astype(self.dtype))
-    return h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
+    return _unit_rows(h)
