@@ -7,7 +7,7 @@ is called with them in `mutable` (training mode, as the reference always runs
 G); the losses never depend on the running averages because G always
 normalises with batch statistics (SPEC 2.2).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -95,13 +95,26 @@ class SNConv(_SpectralNormLayer):
     return y + bias.astype(x.dtype) if bias is not None else y
 
 
-def conv2d(x, kernel):
+def conv2d(x, kernel, use_matmul_1x1: Optional[bool] = None):
   """NHWC 'same' convolution with an HWIO kernel, stride 1, computed in the
-  dtype of `x` (float32 parameters are cast for bfloat16 activations)."""
+  dtype of `x` (float32 parameters are cast for bfloat16 activations).
+
+  A 1x1 kernel is a matmul over channels. On the CPU backend it is computed as
+  one (`use_matmul_1x1=None` picks it there): XLA:CPU runs 1x1 convolutions
+  and their gradients 1.5-3.5x slower than the same contraction as a dot
+  (docs/benchmarks.md). Accelerators keep XLA's convolution. Both forms are
+  plain JAX ops, so every derivative (the Jacobian term differentiates a VJP)
+  stays exact; tests/test_models.py checks them against XLA's convolution.
+  """
+  kernel = kernel.astype(x.dtype)
   ks = kernel.shape[0]
+  if use_matmul_1x1 is None:
+    use_matmul_1x1 = jax.default_backend() == "cpu"
+  if ks == 1 and use_matmul_1x1:
+    return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
   pad = ks // 2
   return jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+      x, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -134,7 +147,7 @@ class BatchNorm(nn.Module):
   def __call__(self, x):
     c, dtype = x.shape[-1], x.dtype
     axes = tuple(range(x.ndim - 1))
-    x = x.astype(jnp.float32)
+    x = x.astype(jnp.promote_types(dtype, jnp.float32))
     mean = jnp.mean(x, axis=axes)
     var = jnp.mean(jnp.square(x - mean), axis=axes)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
