@@ -25,7 +25,6 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-import optax
 
 from sgan_jax import config_lib, flops, losses, sharding, train
 
@@ -62,9 +61,8 @@ def plain_step(state, batch):
   def d_loss(p):
     z = d.apply({"params": p}, both).embedding
     return -losses.gaussian_jsd(z[:n], z[n:], spec.eps)
-  grads = jax.grad(d_loss)(state.d_params)
-  upd, d_opt = spec.d_optimizer().update(grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, upd)
+  d_params, d_opt = train.apply_gradients(spec.d_optimizer(), jax.grad(d_loss)(state.d_params),
+                                          state.d_opt_state, state.d_params)
   real = jax.lax.stop_gradient(d.apply({"params": d_params}, batch["image"]).embedding)
 
   def g_loss(p):
@@ -72,10 +70,10 @@ def plain_step(state, batch):
     return losses.gaussian_jsd(real, d.apply({"params": d_params}, fake).embedding,
                                spec.eps), new_state
   grads, g_state = jax.grad(g_loss, has_aux=True)(state.g_params)
-  upd, g_opt = spec.g_optimizer().update(grads, state.g_opt_state, state.g_params)
+  g_params, g_opt = train.apply_gradients(spec.g_optimizer(), grads,
+                                          state.g_opt_state, state.g_params)
   return state.replace(d_params=d_params, d_opt_state=d_opt, g_state=g_state,
-                       g_params=optax.apply_updates(state.g_params, upd),
-                       g_opt_state=g_opt, step=state.step + 1), {}
+                       g_params=g_params, g_opt_state=g_opt, step=state.step + 1), {}
 
 
 def _time(fn, args, steps, warmup):

@@ -111,8 +111,8 @@ def ema_keys(spec: StepSpec, d_ema_params, images):
       d.apply({"params": d_ema_params}, images, method=d.keys))
 
 
-def d_phase(state: TrainState, images, labels, z, u, with_jacobian: bool = True):
-  """D update on `x` and `sg(G(z))`; returns (d_params, opt_state, g_state,
+def d_grads(state: TrainState, images, labels, z, u, with_jacobian: bool = True):
+  """D's loss and its gradient on `x` and `sg(G(z))`; returns (grads, g_state,
   real_keys, metrics). `with_jacobian=False` (for the benchmark's cost split
   only) drops the smoothness term and its power iteration."""
   spec, d = state.spec, state.spec.discriminator()
@@ -139,15 +139,33 @@ def d_phase(state: TrainState, images, labels, z, u, with_jacobian: bool = True)
         probe_weight=spec.probe_weight, **spec.loss_kwargs())
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.d_params)
-  updates, opt_state = spec.d_optimizer().update(grads, state.d_opt_state,
-                                                 state.d_params)
-  d_params = optax.apply_updates(state.d_params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
+  return grads, g_state, real_keys, metrics
+
+
+def apply_gradients(optimizer: optax.GradientTransformation, grads, opt_state,
+                    params):
+  """One optimiser update; returns (params, opt_state)."""
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def ema_update(spec: StepSpec, new, old):
+  """`old * ema_decay + new * (1 - ema_decay)`, leaf by leaf (SPEC 5.3)."""
+  return optax.incremental_update(new, old, 1.0 - spec.ema_decay)
+
+
+def d_phase(state: TrainState, images, labels, z, u, with_jacobian: bool = True):
+  """D update; returns (d_params, opt_state, g_state, real_keys, metrics)."""
+  grads, g_state, real_keys, metrics = d_grads(state, images, labels, z, u,
+                                               with_jacobian)
+  d_params, opt_state = apply_gradients(state.spec.d_optimizer(), grads,
+                                        state.d_opt_state, state.d_params)
   return d_params, opt_state, g_state, real_keys, metrics
 
 
-def g_phase(state: TrainState, d_params, g_state, images, real_keys, z):
-  """G update against the updated D; returns (g_params, opt_state, g_state,
+def g_grads(state: TrainState, d_params, g_state, images, real_keys, z):
+  """G's loss and its gradient against D `d_params`; returns (grads, g_state,
   real unit embeddings for the queue, metrics)."""
   spec, d = state.spec, state.spec.discriminator()
   real_emb = jax.lax.stop_gradient(
@@ -163,15 +181,23 @@ def g_phase(state: TrainState, d_params, g_state, images, real_keys, z):
     return loss, (metrics, new_g_state)
 
   grads, (metrics, g_state) = jax.grad(loss_fn, has_aux=True)(state.g_params)
-  updates, opt_state = spec.g_optimizer().update(grads, state.g_opt_state,
-                                                 state.g_params)
-  g_params = optax.apply_updates(state.g_params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
+  return grads, g_state, real_emb, metrics
+
+
+def g_phase(state: TrainState, d_params, g_state, images, real_keys, z):
+  """G update against the updated D; returns (g_params, opt_state, g_state,
+  real unit embeddings for the queue, metrics)."""
+  grads, g_state, real_emb, metrics = g_grads(state, d_params, g_state, images,
+                                              real_keys, z)
+  g_params, opt_state = apply_gradients(state.spec.g_optimizer(), grads,
+                                        state.g_opt_state, state.g_params)
   return g_params, opt_state, g_state, real_emb, metrics
 
 
 def _enqueue(queue, rows, ptr):
-  return jax.lax.dynamic_update_slice(queue, rows.astype(queue.dtype), (ptr, 0))
+  return jax.lax.dynamic_update_slice(queue, rows.astype(queue.dtype),
+                                      (ptr, jnp.zeros_like(ptr)))
 
 
 def step_fn(state: TrainState, batch: Dict[str, jax.Array],
@@ -199,8 +225,7 @@ def step_fn(state: TrainState, batch: Dict[str, jax.Array],
   g_params, g_opt, g_state, real_emb, g_metrics = g_phase(
       state, d_params, g_state, images, real_keys, noise["z_g"])
 
-  ema = lambda new, old: optax.incremental_update(new, old,
-                                                  1.0 - spec.ema_decay)
+  ema = functools.partial(ema_update, spec)
   new_state = state.replace(
       step=state.step + 1, rng=rng,
       d_params=d_params, d_opt_state=d_opt,

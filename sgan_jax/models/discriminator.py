@@ -88,7 +88,8 @@ class Encoder(nn.Module):
         stride = 2 if (s > 0 and b == 0) else 1
         x = BasicBlock(width, stride, self.channels_per_group,
                        name=f"stage{s + 1}_block{b + 1}")(x)
-    return jnp.mean(x, axis=(1, 2), dtype=jnp.float32)   # h is float32
+    # h is float32 (or float64 for float64 activations), whatever x is.
+    return jnp.mean(x, axis=(1, 2), dtype=jnp.promote_types(x.dtype, jnp.float32))
 
 
 class Dense(nn.Module):

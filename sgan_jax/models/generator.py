@@ -95,5 +95,5 @@ class Generator(nn.Module):
                    name=f"stage{s + 1}_block{b + 1}")(h, y)
     h = nn.relu(layers.BatchNorm(use_affine=True, name="out_bn")(h))
     h = layers.SNConv(3, eps=self.sn_eps, kernel_size=3, name="out_conv")(h)
-    return jnp.tanh(h).astype(jnp.float32)
+    return jnp.tanh(h).astype(jnp.promote_types(h.dtype, jnp.float32))
 
