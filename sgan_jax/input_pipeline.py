@@ -4,7 +4,7 @@ deterministic order under a seed, prefetching onto the devices.
 import collections
 import os
 import socket
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator
 
 import jax
 import ml_collections

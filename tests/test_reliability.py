@@ -1,5 +1,4 @@
 """Faults never lose or corrupt a good checkpoint (issue 6; README "Guarantees")."""
-import errno
 import logging
 import os
 import signal

@@ -7,7 +7,6 @@ call `apply` with `mutable=["batch_stats", "spectral"]` to advance its state.
 """
 from typing import Any, Tuple
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
