@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgan_jax import config_lib, train
+from sgan_jax import config_lib, sharding, train
 from sgan_jax.models import layers
 
 
@@ -33,8 +33,7 @@ def _reference_conv_shapes():
     return original(x, kernel, *args, **kwargs)
   layers.conv2d = record
   try:
-    state = train.abstract_train_state(config, jax.sharding.Mesh(
-        np.array(jax.devices()[:1]), ("data",)))
+    state = train.abstract_train_state(config, sharding.make_mesh(jax.devices()[:1]))
     batch = {"image": jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
              "label": jax.ShapeDtypeStruct((4,), jnp.int32)}
     jax.eval_shape(train.step_fn, state, batch)

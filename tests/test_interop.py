@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgan_jax import config_lib, train
+from sgan_jax import config_lib, sharding, train
 from sgan_jax.interop import pytorch
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
@@ -20,8 +20,7 @@ def _random_reference_state(seed=0):
   """A reference-config TrainState filled with distinct random values (no
   init compile: shapes from `abstract_train_state`)."""
   config = config_lib.reference_config()
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  abstract = train.abstract_train_state(config, mesh)
+  abstract = train.abstract_train_state(config, sharding.make_mesh(jax.devices()[:1]))
   rng = np.random.default_rng(seed)
 
   def fill(s):

@@ -241,14 +241,14 @@ def step_rows(trainer, jax_fns, start, template, args, shadow=None):
   t0 = time.perf_counter()
   new, values, d_grads, g_inputs = jax.device_get(jax_step(start, batch, noise))
   seconds["sgan_jax"] = time.perf_counter() - t0
-  wide = jax.tree.map(lambda x: np.asarray(x, np.float64)
-                      if np.issubdtype(np.asarray(x).dtype, np.floating) else x, template)
-  as_jax = lambda ckpt, like=wide: pytorch.state_from_torch(ckpt, like)
-  after, grads = as_jax(trainer.checkpoint()), as_jax(grads_ref)
+  # Compared in float64; fed back to sgan_jax in the template's dtype.
+  as_jax = lambda ckpt, like=_float64(template): pytorch.state_from_torch(ckpt, like)
+  checkpoint = trainer.checkpoint()
+  after, grads = as_jax(checkpoint), as_jax(grads_ref)
   after64 = as_jax(shadow.checkpoint()) if shadow is not None else None
   g64 = as_jax(grads64) if shadow is not None else None
   pick = lambda tree, *path: None if tree is None else _get(tree, path)
-  g_grads = jax.device_get(g_gradient(start, as_jax(trainer.checkpoint(), template).d_params,
+  g_grads = jax.device_get(g_gradient(start, as_jax(checkpoint, template).d_params,
                                       *g_inputs, batch, noise))
   zero = zero_gradient_biases(g_grads)
   rows = [row(k, whole, values[k], v, None if shadow is None else values64[k])
@@ -266,12 +266,19 @@ def step_rows(trainer, jax_fns, start, template, args, shadow=None):
                       ("queue pointer", "queue_ptr")):
     rows.append(row(name, whole, getattr(new, field), getattr(after, field),
                     pick(after64, field)))
-  updated = jax.device_get(arithmetic(start, as_jax(grads_ref, template).d_params,
-                                      as_jax(grads_ref, template).g_params))
+  fed = as_jax(grads_ref, template)
+  updated = jax.device_get(arithmetic(start, fed.d_params, fed.g_params))
   rows += [row(f"{name} (update rule)**", per_tensor, updated[name], getattr(after, field))
            for name, field in (("D parameters", "d_params"), ("D_ema parameters", "d_ema_params"),
                                ("G parameters", "g_params"), ("G_ema parameters", "g_ema_params"))]
   return rows, seconds
+
+
+def _float64(tree):
+  """`tree` with its floating-point leaves as float64 NumPy arrays."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(lambda x: np.asarray(x, np.float64)
+                      if np.issubdtype(np.asarray(x).dtype, np.floating) else x, tree)
 
 
 def _get(tree, path):
@@ -285,9 +292,7 @@ def free_rows(free_state, trainer, template):
   import jax  # pylint: disable=import-outside-toplevel
   from sgan_jax.interop import pytorch  # pylint: disable=import-outside-toplevel
   free = jax.device_get(free_state)
-  wide = jax.tree.map(lambda x: np.asarray(x, np.float64)
-                      if np.issubdtype(np.asarray(x).dtype, np.floating) else x, template)
-  ref = pytorch.state_from_torch(trainer.checkpoint(), wide)
+  ref = pytorch.state_from_torch(trainer.checkpoint(), _float64(template))
   return [row(f"free-running {name}", over_all, getattr(free, field), getattr(ref, field))
           for name, field in (("D parameters", "d_params"), ("D_ema parameters", "d_ema_params"),
                               ("G parameters", "g_params"), ("G_ema parameters", "g_ema_params"))]
@@ -325,9 +330,7 @@ def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2)
   template = jax.device_get(train.create_train_state(config, jax.random.PRNGKey(seed)))
   # The step reads its network shapes and dtype from the state's spec.
   spec64 = dataclasses.replace(spec, compute_dtype="float64")
-  template64 = jax.tree.map(lambda x: np.asarray(x, np.float64)
-                            if np.issubdtype(np.asarray(x).dtype, np.floating) else x,
-                            template).replace(spec=spec64)
+  template64 = _float64(template).replace(spec=spec64)
   fns32, fns64 = make_jax_functions(spec), make_jax_functions(spec64)
   rng = np.random.default_rng(seed)
   free32 = synced_state(ref32, template)
@@ -355,8 +358,7 @@ def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2)
     print(FOOTNOTE)
     with jax.enable_x64(True):
       rows64, _ = step_rows(ref64, fns64, synced_state(ref64, template64), template64, args)
-      free64 = fns64[0](free64, *jax.tree.map(lambda a: a.astype(np.float64)
-                                              if a.dtype == np.float32 else a, jax_args))[0]
+      free64 = fns64[0](free64, *_float64(jax_args))[0]
     ok &= print_table(f"step {step}, float64, both from the same state", rows64, gated=False)
   ok &= print_table(f"after {steps} steps, float32, each implementation on its own "
                     "(max error / largest parameter)", free_rows(free32, ref32, template))
