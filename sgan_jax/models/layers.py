@@ -104,7 +104,7 @@ def conv2d(x, kernel, use_matmul_1x1: Optional[bool] = None):
   and their gradients 1.5-3.5x slower than the same contraction as a dot
   (docs/benchmarks.md). Accelerators keep XLA's convolution. Both forms are
   plain JAX ops, so every derivative (the Jacobian term differentiates a VJP)
-  stays exact; tests/test_models.py checks them against XLA's convolution.
+  stays exact; tests/test_conv.py checks them against XLA's convolution.
   """
   kernel = kernel.astype(x.dtype)
   ks = kernel.shape[0]
