@@ -1,4 +1,4 @@
-"""CIFAR-10 at the paper's and reference code's settings (SPEC 6)."""
+"""CIFAR-10 at the authors' settings (docs/method.md §5)."""
 from sgan_jax import config_lib
 
 

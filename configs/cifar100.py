@@ -1,4 +1,4 @@
-"""CIFAR-100 at the reference settings (SPEC 6); only the dataset differs."""
+"""CIFAR-100 at the reference settings (docs/method.md §5); only the dataset differs."""
 from sgan_jax import config_lib
 
 

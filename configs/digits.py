@@ -7,7 +7,7 @@ def get_config():
   c = config_lib.reference_config()
   c.dataset = "sklearn_digits"      # project-local TFDS builder, built offline
   c.image_size = 16                 # the 8x8 digits, upsampled (bicubic)
-  c.global_batch_size = 32          # batch of SPEC 10's CPU prototype
+  c.global_batch_size = 32          # a CPU-sized batch
   c.num_train_steps = 400           # ~8.5 epochs of the 1,500 train images
   c.queue_size = 1024               # 32 batches of history
   c.log_every_steps = 50            # progress line every 50 steps

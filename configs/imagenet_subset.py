@@ -1,4 +1,5 @@
-"""An ImageNet subset at 64x64, with both networks grown one stage (SPEC 2.3).
+"""An ImageNet subset at 64x64, with both networks grown one stage
+(docs/method.md §2.3).
 
 Default: imagenette (10 ImageNet classes), which TFDS downloads by itself.
 For a class-list subset of ImageNet (e.g. ImageNet-100), prepare

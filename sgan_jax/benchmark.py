@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from sgan_jax import config_lib, flops, losses, sharding, train
+from sgan_jax import cli, config_lib, flops, losses, sharding, step
+from sgan_jax.state import create_train_state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -36,17 +37,19 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 flags.DEFINE_bool("phases", True, "Also time and count each phase and the "
                   "plain step (one compile each).")
-flags.mark_flags_as_required(["config"])
 flags.DEFINE_integer("pipeline_batches", 50, "Batches timed for the input "
                      "pipeline (0 skips it).")
+flags.mark_flags_as_required(["config"])
 
 
-def synthetic_batch(config, mesh, seed=0):
+def synthetic_batch(config, mesh=None, seed=0):
+  """A global batch of uniform random images in [-1, 1] and cyclic labels;
+  split over `mesh`'s data axis when given, else on the default device."""
   b, s = config.global_batch_size, config.image_size
   key = jax.random.PRNGKey(seed)
   batch = {"image": jax.random.uniform(key, (b, s, s, 3), minval=-1.0, maxval=1.0),
            "label": jnp.arange(b, dtype=jnp.int32) % config.num_classes}
-  return jax.device_put(batch, sharding.batch_sharding(mesh))
+  return batch if mesh is None else jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
 def plain_step(state, batch):
@@ -54,61 +57,69 @@ def plain_step(state, batch):
   (no k-NN terms, Jacobian, hinge, probe, EMA keys or queue)."""
   spec, d = state.spec, state.spec.discriminator()
   n = batch["image"].shape[0]
-  noise = train.draw_step_noise(spec, state.rng, n)
-  fake, g_state = spec.generate(state.g_params, state.g_state, noise["z_d"])
+  noise = step.draw_step_noise(spec, state.rng, n)
+  fake, g_state = step.generate(spec, state.g_params, state.g_state, noise["z_d"])
   both = jnp.concatenate([batch["image"], jax.lax.stop_gradient(fake)])
 
   def d_loss(p):
     z = d.apply({"params": p}, both).embedding
     return -losses.gaussian_jsd(z[:n], z[n:], spec.eps)
-  d_params, d_opt = train.apply_gradients(spec.d_optimizer(), jax.grad(d_loss)(state.d_params),
-                                          state.d_opt_state, state.d_params)
+  d_params, d_opt = step.apply_gradients(spec.d_optimizer(), jax.grad(d_loss)(state.d_params),
+                                         state.d_opt_state, state.d_params)
   real = jax.lax.stop_gradient(d.apply({"params": d_params}, batch["image"]).embedding)
 
   def g_loss(p):
-    fake, new_state = spec.generate(p, g_state, noise["z_g"])
+    fake, new_state = step.generate(spec, p, g_state, noise["z_g"])
     return losses.gaussian_jsd(real, d.apply({"params": d_params}, fake).embedding,
                                spec.eps), new_state
   grads, g_state = jax.grad(g_loss, has_aux=True)(state.g_params)
-  g_params, g_opt = train.apply_gradients(spec.g_optimizer(), grads,
-                                          state.g_opt_state, state.g_params)
+  g_params, g_opt = step.apply_gradients(spec.g_optimizer(), grads,
+                                         state.g_opt_state, state.g_params)
   return state.replace(d_params=d_params, d_opt_state=d_opt, g_state=g_state,
                        g_params=g_params, g_opt_state=g_opt, step=state.step + 1), {}
 
 
+def _seconds_per_call(call, calls: int, warmup: int):
+  """Wall seconds of each of `calls` calls of `call()` after `warmup`
+  untimed ones; each call is waited for (`jax.block_until_ready` on what it
+  returns)."""
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _compile(jitted, *args):
+  """(compiled executable, compile seconds)."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
 def _time(fn, args, steps, warmup):
   """Compile seconds and the median seconds of `fn(*args)` (not donated)."""
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return compile_s, statistics.median(times)
+  compiled, compile_s = _compile(jax.jit(fn), *args)
+  return compile_s, statistics.median(
+      _seconds_per_call(lambda: compiled(*args), steps, warmup))
 
 
 def matmul_peak_flops(dtype=jnp.float32, size=2048, repeats=5):
   """Best matmul FLOP/s of this backend in `dtype` (a measured, practical peak)."""
   a = jnp.ones((size, size), dtype)
   f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  best = min(_timed(f, a) for _ in range(repeats))
+  best = min(_seconds_per_call(lambda: f(a), repeats, warmup=1))
   return 2 * size ** 3 / best
-
-
-def _timed(f, a):
-  t0 = time.perf_counter()
-  jax.block_until_ready(f(a))
-  return time.perf_counter() - t0
 
 
 def pipeline_images_per_s(config, batches):
   """The TFDS pipeline alone (augmentation included), in images/s."""
-  from sgan_jax import input_pipeline
+  # TensorFlow only here: the step's figures need JAX alone (accelerator
+  # images without TensorFlow can still run the benchmark).
+  from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   ds = input_pipeline.train_dataset(config, input_pipeline.get_builder(config))
   it = ds.as_numpy_iterator()
   next(it)   # start-up (file opening, caches) is not throughput
@@ -119,57 +130,82 @@ def pipeline_images_per_s(config, batches):
       time.perf_counter() - t0)
 
 
+def _phase_parts(state, batch):
+  """{name: (function, args)} for each separately timed part of the step."""
+  spec, n = state.spec, batch["image"].shape[0]
+  noise = step.draw_step_noise(spec, jax.random.PRNGKey(1), n)
+  x, y = batch["image"], batch["label"]
+  real_keys = step.ema_keys(spec, state.d_ema_params, x)
+  unit = lambda k, c: jax.random.normal(k, (n, c)) / jnp.sqrt(c)
+  knn_args = (real_keys, unit(jax.random.PRNGKey(2), spec.embed_dim), real_keys,
+              unit(jax.random.PRNGKey(3), spec.embed_dim), state.queue_keys, state.queue_emb)
+  knn = lambda *a: losses.knn_similarities(*a, k=spec.knn_k,
+                                           skip_nearest_fake=spec.skip_nearest_fake)
+  return {
+      "plain_step": (plain_step, (state, batch)),
+      "d_phase": (step.d_phase, (state, x, y, noise["z_d"], noise["u"])),
+      "d_phase_no_jacobian": (lambda *a: step.d_phase(*a, with_jacobian=False),
+                              (state, x, y, noise["z_d"], noise["u"])),
+      "g_phase": (step.g_phase, (state, state.d_params, state.g_state, x, real_keys,
+                                 noise["z_g"])),
+      "knn_search": (knn, knn_args),
+  }
+
+
+def _peak_fractions(achieved: float):
+  """Measured matmul peaks of this backend and the fraction `achieved` is of them."""
+  on_cpu = jax.default_backend() == "cpu"
+  # JAX's default precision: on NVIDIA GPUs float32 matmuls may use TF32.
+  peak = matmul_peak_flops(size=2048 if on_cpu else 8192)
+  out = {"matmul_peak_fp32_flops_per_s": peak, "fraction_of_fp32_peak": achieved / peak}
+  if not on_cpu:   # XLA:CPU has no fast bf16 matmul
+    peak16 = matmul_peak_flops(jnp.bfloat16, size=8192)
+    out.update(matmul_peak_bf16_flops_per_s=peak16, fraction_of_bf16_peak=achieved / peak16)
+  return out
+
+
+def _pipeline_figures(config, batches: int, step_images_per_s: float):
+  out = {"pipeline_images_per_s": None, "pipeline_note": "skipped (--pipeline_batches=0)"}
+  if batches:
+    try:
+      out["pipeline_images_per_s"] = pipeline_images_per_s(config, batches)
+      out["pipeline_note"] = f"{config.dataset}, augment={config.augment}"
+    except Exception as e:  # no TensorFlow or no data here: say so, go on
+      out["pipeline_note"] = f"not measured: {type(e).__name__}: {e}"[:300]
+  rate = out["pipeline_images_per_s"]
+  out["pipeline_to_step_ratio"] = None if rate is None else rate / step_images_per_s
+  return out
+
+
 def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
             phases: bool = True):
   """Every figure of the benchmark, as a flat dict (the phase split and the
   plain-step overhead only with `phases`)."""
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
-  state = train.create_train_state(config, jax.random.PRNGKey(0), mesh)
+  state = create_train_state(config, jax.random.PRNGKey(0), mesh)
   batch = synthetic_batch(config, mesh)
-  spec, n = state.spec, config.global_batch_size
-  noise = train.draw_step_noise(spec, jax.random.PRNGKey(1), n)
-  x, y = batch["image"], batch["label"]
-  real_keys = train.ema_keys(spec, state.d_ema_params, x)
-  unit = lambda k, c: jax.random.normal(k, (n, c)) / jnp.sqrt(c)
-  knn_args = (real_keys, unit(jax.random.PRNGKey(2), spec.embed_dim), real_keys,
-              unit(jax.random.PRNGKey(3), spec.embed_dim), state.queue_keys, state.queue_emb)
-  knn = lambda *a: losses.knn_similarities(*a, k=spec.knn_k,
-                                           skip_nearest_fake=spec.skip_nearest_fake)
-  parts = {
-      "plain_step": (plain_step, (state, batch)),
-      "d_phase": (train.d_phase, (state, x, y, noise["z_d"], noise["u"])),
-      "d_phase_no_jacobian": (lambda *a: train.d_phase(*a, with_jacobian=False),
-                              (state, x, y, noise["z_d"], noise["u"])),
-      "g_phase": (train.g_phase, (state, state.d_params, state.g_state, x, real_keys,
-                                  noise["z_g"])),
-      "knn_search": (knn, knn_args),
-  }
+  n = config.global_batch_size
   result = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
             "num_devices": jax.device_count(), "host": platform.node(),
             "jax_version": jax.__version__, "global_batch_size": n,
             "image_size": config.image_size, "timed_steps": steps}
-  result["step_flops"] = flops.count(train.step_fn, state, batch)
+  result["step_flops"] = flops.count(step.step_fn, state, batch)
   result["compute_dtype"] = config.model.compute_dtype
-  for name, (fn, args) in (parts.items() if phases else ()):
+  for name, (fn, args) in (_phase_parts(state, batch).items() if phases else ()):
     compile_s, median = _time(fn, args, max(steps // 2, 1), warmup)
     result[f"{name}_flops"] = flops.count(fn, *args)
     result[f"{name}_time_s"] = median
     result[f"{name}_compile_s"] = compile_s
   # The real, sharded and donating step, as the training loop runs it.
-  step_on_mesh = train.make_sharded_train_step(mesh)
-  t0 = time.perf_counter()
-  compiled = step_on_mesh.lower(state, batch).compile()
-  result["compile_s"] = time.perf_counter() - t0
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  median = statistics.median(times)
+  compiled, result["compile_s"] = _compile(step.make_train_step(mesh), state, batch)
+  carry = {"state": state}
+
+  def one_step():
+    carry["state"], carry["metrics"] = compiled(carry["state"], batch)
+    return carry["metrics"]
+  times = _seconds_per_call(one_step, steps, warmup)
+  metrics, median = carry["metrics"], statistics.median(times)
   result.update(step_time_median_s=median, step_time_min_s=min(times),
                 images_per_s=n / median, achieved_flops_per_s=result["step_flops"] / median,
                 final_d_loss=float(metrics["d/loss"]), final_g_loss=float(metrics["g/loss"]))
@@ -177,26 +213,8 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
     result["structural_overhead"] = median / result["plain_step_time_s"]
     result["jacobian_share_of_d_phase"] = 1 - (result["d_phase_no_jacobian_time_s"]
                                                / result["d_phase_time_s"])
-  achieved = result["achieved_flops_per_s"]
-  on_cpu = jax.default_backend() == "cpu"
-  # JAX's default precision: on NVIDIA GPUs float32 matmuls may use TF32.
-  peak = matmul_peak_flops(size=2048 if on_cpu else 8192)
-  result["matmul_peak_fp32_flops_per_s"] = peak
-  result["fraction_of_fp32_peak"] = achieved / peak
-  if not on_cpu:   # XLA:CPU has no fast bf16 matmul
-    peak16 = matmul_peak_flops(jnp.bfloat16, size=8192)
-    result["matmul_peak_bf16_flops_per_s"] = peak16
-    result["fraction_of_bf16_peak"] = achieved / peak16
-  result["pipeline_images_per_s"] = None
-  result["pipeline_note"] = "skipped (--pipeline_batches=0)"
-  if pipeline_batches:
-    try:
-      result["pipeline_images_per_s"] = pipeline_images_per_s(config, pipeline_batches)
-      result["pipeline_note"] = f"{config.dataset}, augment={config.augment}"
-    except Exception as e:  # no TensorFlow or no data here: say so, go on
-      result["pipeline_note"] = f"not measured: {type(e).__name__}: {e}"[:300]
-  ratio = result["pipeline_images_per_s"]
-  result["pipeline_to_step_ratio"] = None if ratio is None else ratio / result["images_per_s"]
+  result.update(_peak_fractions(result["achieved_flops_per_s"]))
+  result.update(_pipeline_figures(config, pipeline_batches, result["images_per_s"]))
   return result
 
 
@@ -212,4 +230,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -18,14 +18,11 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 
+from sgan_jax.utils import path_names
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written, read, or does not fit the config."""
-
-
-def _flat(tree):
-  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 class Checkpointer:
@@ -76,11 +73,11 @@ class Checkpointer:
     """Raises CheckpointError unless checkpoint `step` fits `target`'s arrays."""
     where = os.path.join(self.directory, str(step))
     try:
-      saved = _flat(self._manager.item_metadata(step))
+      saved = path_names(self._manager.item_metadata(step))
     except Exception as e:
       raise CheckpointError(f"checkpoint {where} is unreadable (corrupt or "
                             f"incomplete): {type(e).__name__}: {e}") from e
-    wanted = _flat(flax.serialization.to_state_dict(target))
+    wanted = path_names(flax.serialization.to_state_dict(target))
     for key in sorted(wanted.keys() | saved.keys()):
       if key not in saved:
         raise CheckpointError(f"checkpoint {where} does not fit this config: it "
@@ -96,7 +93,7 @@ class Checkpointer:
 
   def restore(self, target, step=None):
     """The saved state at `step` (default: newest), laid out like `target`
-    (a state, or `train.abstract_train_state`)."""
+    (a state, or `state.abstract_train_state`)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")

@@ -1,5 +1,5 @@
-"""The reference configuration (SPEC 6) that every file in `configs/` starts
-from, and loading of config files by path.
+"""The reference configuration (docs/method.md §5) that every file in
+`configs/` starts from, and loading of config files by path.
 
 Config files are Python and are *executed* when loaded: only load files you
 trust.
@@ -9,9 +9,11 @@ import os
 
 import ml_collections
 
+from sgan_jax.models import discriminator, generator, layers
+
 
 def reference_config() -> ml_collections.ConfigDict:
-  """CIFAR-10 at the reference code's settings (SPEC 2.1, 2.2, 6)."""
+  """CIFAR-10 at the authors' settings (docs/method.md §2, §5)."""
   c = ml_collections.ConfigDict()
   c.dataset = "cifar10"          # TFDS dataset name
   c.data_dir = ""                # TFDS data_dir; "" means TFDS's default
@@ -24,7 +26,7 @@ def reference_config() -> ml_collections.ConfigDict:
   c.num_train_steps = 97_000     # ~1000 epochs of CIFAR's 50k at batch 512
   c.seed = 0                     # seeds init, the step's noise and the input order
   c.queue_size = 10240           # K, memory-queue rows; a multiple of the batch
-  c.augment = True               # flip + random resized crop on real images (SPEC 6)
+  c.augment = True               # flip + random resized crop on real images (docs/method.md §5)
   c.nonfinite_rollbacks = 0      # on NaN/Inf: 0 stops; N > 0 rolls back to the last checkpoint and skips the batch, up to N times
   c.keep_checkpoints = 3         # newest checkpoints kept in workdir/checkpoints
   c.log_every_steps = 100        # progress line and metrics every N steps
@@ -45,9 +47,9 @@ def reference_config() -> ml_collections.ConfigDict:
   c.loss = l = ml_collections.ConfigDict()
   l.eps = 0.5                    # coding-rate distortion of gaussian_jsd
   l.knn_k = 1                    # neighbours per row in knn_similarities
-  l.skip_nearest_fake = True     # SPEC 9: fakes also skip their nearest neighbour
-  l.renormalize_mean = True      # SPEC 4.1: renormalise the mean to unit length
-  l.jacobian_iters = 1           # SPEC 9: power iterations for jacobian_sigma
+  l.skip_nearest_fake = True     # fakes also skip their nearest neighbour (§3.2)
+  l.renormalize_mean = True      # renormalise the mean to unit length (§3.1)
+  l.jacobian_iters = 1           # power iterations for jacobian_sigma (§3.3)
   l.knn_weight = 3.0             # weight of the fine-scale (k-NN) terms
   l.smoothness_weight = 5.0      # weight of the Jacobian smoothness penalty
   l.norm_hinge_weight = 20.0     # weight of the embedding-norm hinge
@@ -55,7 +57,7 @@ def reference_config() -> ml_collections.ConfigDict:
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 256             # feature-extraction batch; the last one is padded
-  e.knn_k = 200                  # k-NN neighbours (SPEC 7)
+  e.knn_k = 200                  # k-NN neighbours (§6)
   e.knn_temperature = 0.1        # k-NN vote weights exp(sim / temperature)
   e.knn_chunk = 512              # test rows per similarity block
   e.probe_epochs = 100           # linear probe: epochs over the train features
@@ -105,8 +107,6 @@ def _check_fields(config, reference, prefix=""):
 def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
              num_devices: int = 1) -> None:
   """Rejects configs that would fail or silently misbehave later."""
-  # Imported here: the models pull in JAX, config loading should not need it.
-  from sgan_jax.models import discriminator, generator, layers
   _check_fields(config, reference_config())
   b = config.global_batch_size
   if b <= 0 or b % num_processes or b % num_devices:

@@ -1,5 +1,6 @@
-"""TFDS + tf.data input: real-image augmentation (SPEC 6), per-process slices,
-deterministic order under a seed, prefetching onto the devices.
+"""TFDS + tf.data input: real-image augmentation (docs/method.md §5),
+per-process slices, deterministic order under a seed, prefetching onto the
+devices.
 """
 import collections
 import os
@@ -19,7 +20,8 @@ from sgan_jax import datasets as _project_datasets  # registers them with TFDS
 tf.config.set_visible_devices([], "GPU")
 
 PROJECT_DATASETS = frozenset(["sklearn_digits"])
-# Fits in host memory: cache the decoded split (CIFAR's train split is 150 MB).
+# Splits up to this size are cached decoded in host memory (CIFAR's train
+# split fits).
 _CACHE_BYTES = 2 << 30
 # A full shuffle of CIFAR; for larger sets, a window of this many images.
 _SHUFFLE_BUFFER = 50_000

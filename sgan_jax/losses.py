@@ -1,4 +1,4 @@
-"""The structural adversarial objectives: the public loss API (SPEC section 4).
+"""The structural adversarial objectives: the public loss API (docs/method.md §3).
 
 Every function here is pure, works under `jax.jit` and `jax.grad`, computes in
 the dtype of its inputs (float32 by default, float64 with x64 enabled) and
@@ -6,7 +6,7 @@ returns JAX arrays, never Python floats. Arrays are positional; hyper-parameters
 are keywords. Shape-defining ones (`k`, `num_iters`, `skip_nearest_fake`) must
 be static under jit; float ones (`eps`, the loss weights) may be traced.
 
-Sign conventions follow the reference code: D *minimises*
+Sign conventions follow the authors' code: D *minimises*
 `-gaussian_jsd + knn_weight * (-real_sim + fake_sim) + ...` and G minimises
 `+gaussian_jsd + knn_weight * (-fake_sim)`.
 """
@@ -16,16 +16,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sgan_jax.utils import unit_rows
+
 __all__ = [
     "gaussian_jsd", "knn_similarities", "jacobian_sigma", "smoothness_penalty",
     "norm_hinge", "discriminator_loss", "generator_loss",
 ]
-
-
-def _normalize(x, axis=-1, eps=1e-12):
-  """Rows scaled to unit L2 norm, as torch.nn.functional.normalize."""
-  norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 def _log_det_coding_rate(x, eps, renormalize_mean=True):
@@ -38,7 +34,7 @@ def _log_det_coding_rate(x, eps, renormalize_mean=True):
   n, c = x.shape
   mu = jnp.mean(x, axis=0, keepdims=True)
   if renormalize_mean:
-    mu = _normalize(mu)
+    mu = unit_rows(mu)
   diff = x - mu
   cov = diff.T @ diff / (n + 1e-5)
   mat = jnp.eye(c, dtype=x.dtype) + (c / eps) * cov
@@ -49,13 +45,13 @@ def _log_det_coding_rate(x, eps, renormalize_mean=True):
 
 
 def gaussian_jsd(real, fake, eps=0.5, *, renormalize_mean=True):
-  """Coarse-scale distance between two embedding sets (SPEC 4.1).
+  """Coarse-scale distance between two embedding sets (docs/method.md §3.1).
 
   Args:
     real: [N, C] unit embeddings of real images.
     fake: [M, C] unit embeddings of generated images (M may differ from N).
     eps: distortion of the coding rate; `C / eps` scales the covariance.
-    renormalize_mean: SPEC 9 switch; True (the reference) renormalises the
+    renormalize_mean: True (the authors' code) renormalises the
       mean of each set to unit length before taking the scatter.
 
   Returns:
@@ -86,7 +82,7 @@ def _mean_neighbour_similarity(query_keys, query_emb, bank_keys, bank_emb, k,
 
 def knn_similarities(real_keys, real_emb, fake_keys, fake_emb, queue_keys,
                      queue_emb, k=1, skip_nearest_fake=True):
-  """Fine-scale similarities to nearest real neighbours (SPEC 4.2).
+  """Fine-scale similarities to nearest real neighbours (docs/method.md §3.2).
 
   Neighbours are searched in key space (D_ema's normalised backbone features;
   pass them under stop_gradient), similarities are taken in embedding space.
@@ -99,7 +95,7 @@ def knn_similarities(real_keys, real_emb, fake_keys, fake_emb, queue_keys,
     queue_keys: [K, Ck] queued past real keys (treated as constants).
     queue_emb: [K, C] queued past real embeddings (treated as constants).
     k: number of neighbours (static).
-    skip_nearest_fake: SPEC 9 switch (static). True, as in the reference,
+    skip_nearest_fake: (static) True, as in the authors' code,
       drops the nearest real neighbour of each fake too.
 
   Returns:
@@ -144,15 +140,15 @@ def power_iteration_sigma(embed_fn, images, u, num_iters=1, has_aux=False):
     e, vjp_fn = jax.vjp(embed_fn, images)
     aux, primal_fn = None, embed_fn
   batch = images.shape[0]
-  flat_normalize = lambda t: _normalize(t.reshape(batch, -1)).reshape(t.shape)
+  flat_normalize = lambda t: unit_rows(t.reshape(batch, -1)).reshape(t.shape)
   u = jax.lax.stop_gradient(u.astype(e.dtype))
   for _ in range(num_iters):
     # No gradient through the iteration: stop it on u and v, never on e
-    # (stopping e's gradient would zero the VJP, SPEC 10 pitfalls).
+    # (stopping e's gradient would zero the VJP; docs/method.md §3.3).
     (jt_u,) = vjp_fn(u)
     v = jax.lax.stop_gradient(flat_normalize(jt_u))
     _, j_v = jax.jvp(primal_fn, (images,), (v,))
-    u = jax.lax.stop_gradient(_normalize(j_v))
+    u = jax.lax.stop_gradient(unit_rows(j_v))
   # Double backprop: this VJP is differentiated w.r.t. D's parameters.
   (jt_u,) = vjp_fn(u)
   sigma = jnp.sum((jt_u * v).reshape(batch, -1), axis=1)
@@ -160,7 +156,7 @@ def power_iteration_sigma(embed_fn, images, u, num_iters=1, has_aux=False):
 
 
 def jacobian_sigma(embed_fn: Callable, images, key, num_iters=1):
-  """Per-sample top singular value of the Jacobian de/dx (SPEC 4.3).
+  """Per-sample top singular value of the Jacobian de/dx (docs/method.md §3.3).
 
   Power iteration on `J = d embed_fn(x) / dx` with a start `u ~ N(0, I)` drawn
   from `key` (not normalised): `num_iters` times, without gradient,
@@ -186,7 +182,7 @@ def jacobian_sigma(embed_fn: Callable, images, key, num_iters=1):
 
 
 def smoothness_penalty(sigma):
-  """Two-sided penalty `mean((sigma - 1)^2)` on Jacobian norms (SPEC 4.3).
+  """Two-sided penalty `mean((sigma - 1)^2)` on Jacobian norms (docs/method.md §3.3).
 
   Args:
     sigma: [N] from `jacobian_sigma`.
@@ -197,7 +193,7 @@ def smoothness_penalty(sigma):
 
 
 def norm_hinge(e):
-  """`mean_i min(||e_i|| - 1, 0)^2`: keeps raw embedding norms >= 1 (SPEC 4.4).
+  """`mean_i min(||e_i|| - 1, 0)^2`: keeps raw embedding norms >= 1 (docs/method.md §3.4).
 
   Args:
     e: [N, E] raw (pre-normalisation) embeddings of the real batch.
@@ -213,7 +209,7 @@ def discriminator_loss(real_emb, fake_emb, real_raw_emb, real_keys, fake_keys,
                        eps=0.5, k=1, skip_nearest_fake=True, knn_weight=3.0,
                        smoothness_weight=5.0, norm_hinge_weight=20.0,
                        probe_weight=1.0, renormalize_mean=True):
-  """D's total loss (SPEC 4.6).
+  """D's total loss (docs/method.md §3.6).
 
   `-gaussian_jsd(real_emb, fake_emb) + knn_weight * (-real_sim + fake_sim)
    + smoothness_weight * smoothness_penalty(sigma)
@@ -228,7 +224,7 @@ def discriminator_loss(real_emb, fake_emb, real_raw_emb, real_keys, fake_keys,
     sigma: [N + M] Jacobian estimates on `concat(real, sg(fake))`.
     probe_logits: [N, classes] online probe on `stop_gradient(h_real)`.
     labels: [N] int class labels (used by the probe only).
-    The keywords are the SPEC 6 weights and switches; k and
+    The keywords are the weights and switches of docs/method.md §5; k and
     skip_nearest_fake are static.
 
   Returns:
@@ -260,7 +256,7 @@ def generator_loss(real_emb, fake_emb, real_keys, fake_keys, queue_keys,
                    queue_emb, *, eps=0.5, k=1, skip_nearest_fake=True,
                    knn_weight=3.0, renormalize_mean=True
                    ) -> Tuple[jax.Array, dict]:
-  """G's total loss (SPEC 4.6): `gaussian_jsd + knn_weight * (-fake_sim)`.
+  """G's total loss (docs/method.md §3.6): `gaussian_jsd + knn_weight * (-fake_sim)`.
 
   All inputs are recomputed in the G phase, with a fresh z and the updated D;
   only `fake_emb` carries a gradient to G.

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sgan_jax.step_spec import StepSpec
+from sgan_jax.state import StepSpec
+from sgan_jax.step import generate
 
 
 def fixed_latents(spec: StepSpec, seed: int, num: int = 64):
@@ -20,7 +21,7 @@ def fixed_latents(spec: StepSpec, seed: int, num: int = 64):
 def generate_ema(spec: StepSpec, g_ema_params, g_state, z):
   # G runs with batch statistics (as the reference always does); its state
   # is read, not advanced.
-  return spec.generate(g_ema_params, g_state, z)[0]
+  return generate(spec, g_ema_params, g_state, z)[0]
 
 
 def make_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:

@@ -13,6 +13,7 @@ then feeds its own rows (`local_batch_size`, `to_global`).
 from typing import Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -84,5 +85,4 @@ def to_host(x) -> np.ndarray:
   """A (possibly multi-process, sharded) array as one full NumPy array."""
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -19,16 +19,14 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sgan_jax import checkpointing, config_lib, sharding, train  # noqa: E402
-
-TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
+from sgan_jax import benchmark, checkpointing, config_lib, sharding  # noqa: E402
+from sgan_jax.state import abstract_train_state, create_train_state  # noqa: E402
+from sgan_jax.step import make_train_step  # noqa: E402
 
 
 def fixed_batch(config, step):
-  rng = np.random.default_rng(100 + step)
-  b, s = config.global_batch_size, config.image_size
-  return {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32),
-          "label": (np.arange(b) % config.num_classes).astype(np.int32)}
+  """The global batch of `step` as host arrays (the same on every process)."""
+  return jax.device_get(benchmark.synthetic_batch(config, seed=100 + step))
 
 
 # Biases of G's block convs feed batch norms (directly, or through residual
@@ -63,12 +61,12 @@ def compare_arrays(a, b, lr, steps):
 
 
 def run_steps(config, mesh, steps):
-  state = train.create_train_state(config, jax.random.PRNGKey(0), mesh)
-  step_fn = train.make_sharded_train_step(mesh)
+  state = create_train_state(config, jax.random.PRNGKey(0), mesh)
+  train_step = make_train_step(mesh)
   for i in range(steps):
     batch = sharding.to_global(sharding.process_rows(fixed_batch(config, i),
                                                      config.global_batch_size), mesh)
-    state, metrics = step_fn(state, batch)
+    state, metrics = train_step(state, batch)
   return state, metrics
 
 
@@ -80,6 +78,7 @@ def load_npz(path):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--mode", required=True)
+  p.add_argument("--config", required=True, help="path of configs/tiny.py")
   p.add_argument("--ckpt_in"), p.add_argument("--ckpt_out")
   p.add_argument("--npz_in"), p.add_argument("--npz_out")
   p.add_argument("--num_processes", type=int, default=1)
@@ -89,7 +88,7 @@ def main():
   if args.num_processes > 1:
     sharding.initialize_distributed(f"127.0.0.1:{args.port}", args.num_processes,
                                     args.process_id)
-  config = config_lib.load_config(TINY)
+  config = config_lib.load_config(args.config)
   mesh = sharding.make_mesh()
 
   if args.mode == "compare":
@@ -104,7 +103,7 @@ def main():
     state = s8
   elif args.mode == "restore":
     ckpt = checkpointing.Checkpointer(args.ckpt_in, 3)
-    state = ckpt.restore(train.abstract_train_state(config, mesh))
+    state = ckpt.restore(abstract_train_state(config, mesh))
     ckpt.close()
     saved = load_npz(args.npz_in)
     restored = host_arrays(state)
@@ -115,7 +114,7 @@ def main():
                for x in jax.tree.leaves(state))
     print(f"restored on {jax.device_count()} device(s)")
     batch = sharding.to_global(fixed_batch(config, 7), mesh)
-    state, _ = train.make_sharded_train_step(mesh)(state, batch)
+    state, _ = make_train_step(mesh)(state, batch)
   elif args.mode == "train":
     state, _ = run_steps(config, mesh, 3)
     np.savez(args.npz_out, **host_arrays(state))

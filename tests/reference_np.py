@@ -1,6 +1,6 @@
-"""Independent float64 NumPy implementations of the SPEC 4 formulas.
+"""Independent float64 NumPy implementations of the formulas of docs/method.md §3.
 
-Written from the SPEC text, loop by loop where that is clearer, so that they
+Written from the formulas, loop by loop where that is clearer, so that they
 share no code with `sgan_jax.losses`.
 """
 import numpy as np

@@ -1,14 +1,10 @@
 """The FLOP counter against hand counts, and the benchmark's JSON fields."""
-import os
-
 import jax
 import jax.numpy as jnp
 import pytest
 
-from sgan_jax import benchmark, config_lib, flops
+from sgan_jax import benchmark, flops
 from sgan_jax.models import Discriminator
-
-TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
 
 
 def conv(n, hw, k, cin, cout):
@@ -39,9 +35,8 @@ def test_flops_of_a_gradient_include_the_backward_convolutions():
 
 
 @pytest.mark.slow   # compiles six variants of the step
-def test_benchmark_reports_every_field(tmp_path):
-  config = config_lib.load_config(TINY)
-  config.dataset, config.data_dir = "sklearn_digits", str(tmp_path)
+def test_benchmark_reports_every_field(tiny_digits):
+  config = tiny_digits()
   result = benchmark.measure(config, steps=2, warmup=1, pipeline_batches=3)
   assert result["step_flops"] > 0
   for part in ("plain_step", "d_phase", "d_phase_no_jacobian", "g_phase",

@@ -5,14 +5,15 @@ networks use must give XLA's values and derivatives (first order, and the
 second order that the Jacobian term takes through a VJP) to float32 accuracy.
 """
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from sgan_jax import config_lib, sharding, train
+from sgan_jax import config_lib, sharding, step
 from sgan_jax.models import layers
+from sgan_jax.state import abstract_train_state
 
 
 def _rel(a, b):
@@ -20,9 +21,11 @@ def _rel(a, b):
   return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
+@functools.lru_cache(maxsize=None)
 def _reference_conv_shapes():
   """(input shape, kernel shape) of every conv in one reference-config step,
-  found by tracing the step (shapes only) with a recording conv2d."""
+  found by tracing the step (shapes only) with a recording conv2d. Traced on
+  first use (a few seconds), not at import."""
   config = config_lib.reference_config()
   config.global_batch_size = 4
   seen = collections.Counter()
@@ -33,28 +36,36 @@ def _reference_conv_shapes():
     return original(x, kernel, *args, **kwargs)
   layers.conv2d = record
   try:
-    state = train.abstract_train_state(config, sharding.make_mesh(jax.devices()[:1]))
+    state = abstract_train_state(config, sharding.make_mesh(jax.devices()[:1]))
     batch = {"image": jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
              "label": jax.ShapeDtypeStruct((4,), jnp.int32)}
-    jax.eval_shape(train.step_fn, state, batch)
+    jax.eval_shape(step.step_fn, state, batch)
   finally:
     layers.conv2d = original
   return sorted(seen)
 
 
-SHAPES = _reference_conv_shapes()
-ONE_BY_ONE = [s for s in SHAPES if s[1][:2] == (1, 1)]
+def _one_by_one():
+  return [s for s in _reference_conv_shapes() if s[1][:2] == (1, 1)]
 
 
 def test_the_networks_use_1x1_and_3x3_stride_1_same_convs_only():
-  kernels = {k[:2] for _, k in SHAPES}
+  kernels = {k[:2] for _, k in _reference_conv_shapes()}
   assert kernels == {(1, 1), (3, 3)}
-  assert len(ONE_BY_ONE) >= 8   # D's shortcuts and G's bottlenecks
+  assert len(_one_by_one()) >= 8   # D's shortcuts and G's bottlenecks
 
 
-@pytest.mark.parametrize("hwc,kernel_shape", ONE_BY_ONE,
-                         ids=[f"{h}x{w}x{c}-{k[-1]}" for (h, w, c), k in ONE_BY_ONE])
-def test_matmul_1x1_equals_xla_conv_with_derivatives(hwc, kernel_shape):
+def test_matmul_1x1_equals_xla_conv_with_derivatives_for_every_shape():
+  shapes = _one_by_one()
+  assert shapes
+  for hwc, kernel_shape in shapes:
+    _check_1x1(hwc, kernel_shape)
+
+
+def _check_1x1(hwc, kernel_shape):
+  """Every assertion names the shape (the shapes are only known once traced,
+  so they are looped over here rather than parametrized at collection)."""
+  where = f"{hwc} x {kernel_shape}"
   kx, kw, kg, kr = jax.random.split(jax.random.PRNGKey(sum(hwc) + kernel_shape[-1]), 4)
   x = jax.random.normal(kx, (2, *hwc))
   w = jax.random.normal(kw, kernel_shape) / np.sqrt(kernel_shape[2])
@@ -65,22 +76,23 @@ def test_matmul_1x1_equals_xla_conv_with_derivatives(hwc, kernel_shape):
 
   # Forward, against XLA and against float64 NumPy.
   y = fast(x, w)
-  assert _rel(y, xla(x, w)) < 1e-5
+  assert _rel(y, xla(x, w)) < 1e-5, where
   ref = np.einsum("nhwc,co->nhwo", np.float64(x), np.float64(w[0, 0]))
-  assert _rel(y, ref) < 1e-5
+  assert _rel(y, ref) < 1e-5, where
   # Input and weight gradients (the VJP).
   fast_dx, fast_dw = jax.vjp(fast, x, w)[1](g)
   xla_dx, xla_dw = jax.vjp(xla, x, w)[1](g)
-  assert _rel(fast_dx, xla_dx) < 1e-5
-  assert _rel(fast_dw, xla_dw) < 1e-5
+  assert _rel(fast_dx, xla_dx) < 1e-5, where
+  assert _rel(fast_dw, xla_dw) < 1e-5, where
   # Forward mode (the power iteration's JVP), tangents on x and w.
   tw = jax.random.normal(kr, kernel_shape)
-  assert _rel(jax.jvp(fast, (x, w), (r, tw))[1], jax.jvp(xla, (x, w), (r, tw))[1]) < 1e-5
+  assert _rel(jax.jvp(fast, (x, w), (r, tw))[1],
+              jax.jvp(xla, (x, w), (r, tw))[1]) < 1e-5, where
 
   # Second order: d/dw of <VJP_x(g), r>, as the smoothness term differentiates.
   def second(conv):
     return jax.grad(lambda w: jnp.sum(jax.vjp(lambda x: conv(x, w), x)[1](g)[0] * r))(w)
-  assert _rel(second(fast), second(xla)) < 1e-5
+  assert _rel(second(fast), second(xla)) < 1e-5, where
 
 
 def test_cpu_dispatch_1x1_to_matmul_and_3x3_to_xla_conv():

@@ -4,15 +4,13 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from sgan_jax import config_lib, evaluate, input_pipeline, train
+from sgan_jax import config_lib, evaluation, input_pipeline, sharding, train
 from sgan_jax.evaluators import kmeans, knn, linear_probe
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
+from sgan_jax.state import create_train_state
 
 
 def eval_config(**overrides):
@@ -84,18 +82,17 @@ def test_kmeans_matched_accuracy_is_permutation_invariant():
   assert kmeans.matched_accuracy(labels, np.array([2, 2, 0, 1, 1, 1]), 3) == pytest.approx(5 / 6)
 
 
-def test_feature_extraction_padding_does_not_change_results(monkeypatch):
-  monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
-  config = config_lib.load_config(TINY)
-  state = train.create_train_state(config, __import__("jax").random.PRNGKey(0))
-  mesh = evaluate.sharding.make_mesh()
-  with tfds.testing.mock_data(num_examples=21):
+def test_feature_extraction_padding_does_not_change_results(mock_tfds, tiny_config):
+  config = tiny_config()
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh()
+  with mock_tfds(num_examples=21):
     builder = input_pipeline.get_builder(config)
     got = []
     for bs in (7, 8, 21, 32):   # divides, does not divide, whole, larger
       config.eval.batch_size = bs
-      got.append(evaluate.extract_features(state.spec, {"d": state.d_params},
-                                           config, builder, "test", mesh))
+      got.append(evaluation.extract_features(state.spec, {"d": state.d_params},
+                                             config, builder, "test", mesh))
   for labels, pixels, feats in got:
     assert labels.shape == (21,) and pixels.shape[0] == 21
     np.testing.assert_array_equal(labels, got[0][0])
@@ -111,19 +108,15 @@ def test_feature_extraction_padding_does_not_change_results(monkeypatch):
   assert all(s == scores[0] for s in scores)
 
 
-def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
+def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path, tiny_digits, root):
   # sklearn_digits is built offline: no download check is involved.
   workdir = str(tmp_path)
-  config = config_lib.load_config(TINY)
-  config.dataset = "sklearn_digits"
-  config.data_dir = str(tmp_path / "tfds")
-  config.num_train_steps = 2
-  config.eval_every_steps = 2
+  config = tiny_digits(num_train_steps=2, eval_every_steps=2)
   train.train_and_evaluate(config, workdir)
   os.remove(os.path.join(workdir, "eval_2.json"))   # the CLI must rewrite it
   out = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate",
                         f"--workdir={workdir}", "--config.eval.knn_k=20"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+                       capture_output=True, text=True, cwd=root, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "d_ema" in out.stdout and "raw_pixels" in out.stdout
   with open(os.path.join(workdir, "eval_2.json")) as f:
@@ -139,3 +132,12 @@ def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
   assert "d_ema/backbone/online_probe/top1" in results
   # Raw pixels of digits are easy: a sanity floor, far above chance (0.1).
   assert results["raw_pixels/pixels/knn/top1"] > 0.8
+
+
+def test_evaluate_cli_reports_a_bad_override_in_one_line(tmp_path, root):
+  out = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate", f"--workdir={tmp_path}",
+                        "--config.eval.no_such_field=1"],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+  assert out.returncode == 2
+  assert "error: unknown config field 'no_such_field'" in out.stderr, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr

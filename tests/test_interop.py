@@ -10,17 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgan_jax import config_lib, sharding, train
+from sgan_jax import config_lib, sharding, step
 from sgan_jax.interop import pytorch
-
-TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
+from sgan_jax.state import StepSpec, abstract_train_state, create_train_state
 
 
 def _random_reference_state(seed=0):
   """A reference-config TrainState filled with distinct random values (no
   init compile: shapes from `abstract_train_state`)."""
   config = config_lib.reference_config()
-  abstract = train.abstract_train_state(config, sharding.make_mesh(jax.devices()[:1]))
+  abstract = abstract_train_state(config, sharding.make_mesh(jax.devices()[:1]))
   rng = np.random.default_rng(seed)
 
   def fill(s):
@@ -76,7 +75,7 @@ def test_exported_keys_and_shapes_are_the_authors(reference_state):
   for sd, expected in ((d, expected_d), (g, expected_g)):
     for key, shape in expected.items():
       assert sd[key].shape == shape, key
-  # Parameter counts of SPEC 2 (D: encoder + head + probe; G).
+  # Parameter counts of docs/method.md §2 (D: encoder + head + probe; G).
   n_d = sum(v.size for k, v in d.items() if not k.startswith(("queue", "bg_queue")))
   assert n_d == 11_164_864 + 328_320 + 5_130
   n_g = sum(v.size for k, v in g.items()
@@ -126,28 +125,25 @@ def test_mismatches_name_the_first_offending_key(reference_state):
 # ------------------------------------------------------- injected randomness
 
 @pytest.fixture(scope="module")
-def tiny_state():
-  config = config_lib.load_config(TINY)
-  state = jax.device_get(train.create_train_state(config, jax.random.PRNGKey(0)))
-  b, s = config.global_batch_size, config.image_size
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, 3), minval=-1, maxval=1),
-           "label": jnp.arange(b, dtype=jnp.int32) % config.num_classes}
-  return state, batch
+def tiny_state(tiny_config, synthetic_batch):
+  config = tiny_config()
+  state = jax.device_get(create_train_state(config, jax.random.PRNGKey(0)))
+  return state, synthetic_batch(config)
 
 
 def test_injected_noise_reproduces_the_normal_path(tiny_state):
   state, batch = tiny_state
-  step = jax.jit(train.step_fn)
-  normal, m_normal = jax.device_get(step(state, batch))
+  step_fn = jax.jit(step.step_fn)
+  normal, m_normal = jax.device_get(step_fn(state, batch))
   # The same draws the step makes from state.rng, passed in from outside.
   _, step_rng = jax.random.split(state.rng)
-  noise = train.draw_step_noise(state.spec, step_rng, batch["image"].shape[0])
-  injected, m_injected = jax.device_get(step(state, batch, noise))
+  noise = step.draw_step_noise(state.spec, step_rng, batch["image"].shape[0])
+  injected, m_injected = jax.device_get(step_fn(state, batch, noise))
   assert _equal_trees(injected, normal)
   assert _equal_trees(m_injected, m_normal)
   # Different draws give a different step.
-  other = train.draw_step_noise(state.spec, jax.random.PRNGKey(99), batch["image"].shape[0])
-  moved, _ = jax.device_get(step(state, batch, other))
+  other = step.draw_step_noise(state.spec, jax.random.PRNGKey(99), batch["image"].shape[0])
+  moved, _ = jax.device_get(step_fn(state, batch, other))
   assert not np.array_equal(moved.g_params["latent"]["kernel"], normal.g_params["latent"]["kernel"])
 
 
@@ -160,7 +156,7 @@ def test_injected_spectral_vectors_drive_g(tiny_state):
   spectral = jax.tree.map(lambda x: x, state.g_state["spectral"])
   spectral["latent"]["u"] = u0
   injected = state.replace(g_state=dict(state.g_state, spectral=spectral))
-  after, _ = jax.device_get(jax.jit(train.step_fn)(injected, batch))
+  after, _ = jax.device_get(jax.jit(step.step_fn)(injected, batch))
   w = np.asarray(state.g_params["latent"]["kernel"], np.float64)   # [in, out]
   unit = lambda x: x / np.linalg.norm(x)
   u = u0.astype(np.float64)
@@ -195,12 +191,11 @@ def test_parity_with_the_authors_step():
 def test_exported_state_loads_into_the_authors_models_and_computes_the_same():
   import torch
   from sgan_jax.interop import parity
-  from sgan_jax.step_spec import StepSpec
   config = config_lib.reference_config()
   config.global_batch_size = 4
   spec = StepSpec.from_config(config)
   trainer = parity.ReferenceTrainer(parity.import_reference(OFFICIAL_DIR), spec, seed=3)
-  state = jax.device_get(train.create_train_state(config, jax.random.PRNGKey(7)))
+  state = jax.device_get(create_train_state(config, jax.random.PRNGKey(7)))
   dicts = pytorch.state_to_torch(state)
   to_t = lambda sd: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
   trainer.model_d.module.load_state_dict(to_t(dicts["state_dict_D"]), strict=True)

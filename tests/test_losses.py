@@ -1,4 +1,5 @@
-"""The public loss API against float64 NumPy references and SPEC 8 properties."""
+"""The public loss API against float64 NumPy references and the properties
+of docs/method.md §3."""
 import functools
 
 import jax
@@ -244,7 +245,7 @@ def test_jacobian_sigma_float32_close_to_exact():
 
 
 def test_jacobian_sigma_linear_converges_to_top_singular_value():
-  # SPEC 8: e = W x has the same Jacobian W for every sample.
+  # e = W x has the same Jacobian W for every sample (docs/method.md §3.3).
   with jax.enable_x64(True):
     w = np.random.default_rng(4).standard_normal((7, 12))
     top = np.linalg.svd(w, compute_uv=False)[0]

@@ -8,19 +8,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from sgan_jax import checkpointing, config_lib, input_pipeline, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
-DIGITS = os.path.join(ROOT, "configs", "digits.py")
-
-
-def tiny_config(**overrides):
-  config = config_lib.load_config(TINY)
-  config.update(overrides)
-  return config
+from sgan_jax.state import create_train_state
 
 
 def read_metrics(workdir, kind="train"):
@@ -28,14 +18,6 @@ def read_metrics(workdir, kind="train"):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     lines = [json.loads(line) for line in f]
   return [m for m in lines if ("d/loss" in m) == (kind == "train")]
-
-
-@pytest.fixture
-def mock_tfds(monkeypatch):
-  """TFDS serving random examples; its (mocked) download needs no network."""
-  monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
-  with tfds.testing.mock_data(num_examples=40):
-    yield
 
 
 def check_outputs(workdir, steps, config):
@@ -59,21 +41,23 @@ def check_outputs(workdir, steps, config):
   assert os.path.exists(os.path.join(workdir, f"eval_{steps[-1]}.json"))
 
 
-def test_tiny_end_to_end_on_mock_cifar(tmp_path, mock_tfds):
+def test_tiny_end_to_end_on_mock_cifar(tmp_path, mock_tfds, tiny_config):
   config = tiny_config()
-  state = train.train_and_evaluate(config, str(tmp_path))
+  with mock_tfds():
+    state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == config.num_train_steps
   check_outputs(str(tmp_path), [2, 4], config)
 
 
-def test_resume_continues_exactly(tmp_path, mock_tfds):
+def test_resume_continues_exactly(tmp_path, mock_tfds, tiny_config):
   full, split = str(tmp_path / "full"), str(tmp_path / "split")
-  train.train_and_evaluate(tiny_config(log_every_steps=1), full)
-  stopped = jax.device_get(train.train_and_evaluate(
-      tiny_config(log_every_steps=1, num_train_steps=2), split))
+  with mock_tfds():
+    train.train_and_evaluate(tiny_config(log_every_steps=1), full)
+    stopped = jax.device_get(train.train_and_evaluate(
+        tiny_config(log_every_steps=1, num_train_steps=2), split))
   # The checkpoint holds exactly the state the run stopped with.
   ckpt = checkpointing.Checkpointer(split, 3)
-  fresh = train.create_train_state(tiny_config(), jax.random.PRNGKey(123))
+  fresh = create_train_state(tiny_config(), jax.random.PRNGKey(123))
   restored = jax.device_get(ckpt.restore(fresh))
   ckpt.close()
   for name in ("d_params", "d_opt_state", "d_ema_params", "g_params",
@@ -81,7 +65,8 @@ def test_resume_continues_exactly(tmp_path, mock_tfds):
                "queue_keys", "queue_ptr", "rng", "step"):
     jax.tree.map(np.testing.assert_array_equal, getattr(stopped, name),
                  getattr(restored, name))
-  resumed = train.train_and_evaluate(tiny_config(log_every_steps=1), split)
+  with mock_tfds():
+    resumed = train.train_and_evaluate(tiny_config(log_every_steps=1), split)
   assert int(resumed.step) == 4
   a, b = read_metrics(full), read_metrics(split)
   assert [m["step"] for m in b] == [1, 2, 3, 4]   # resumed at step 2, no repeats
@@ -91,23 +76,24 @@ def test_resume_continues_exactly(tmp_path, mock_tfds):
         assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
 
 
-def test_digits_main_cli_few_steps(tmp_path):
+def test_digits_main_cli_few_steps(tmp_path, root, config_path):
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
-  cmd = [sys.executable, "-m", "sgan_jax.main", f"--config={DIGITS}",
+  cmd = [sys.executable, "-m", "sgan_jax.main", f"--config={config_path('digits')}",
          f"--workdir={workdir}", f"--config.data_dir={data_dir}",
          "--config.num_train_steps=3", "--config.log_every_steps=1",
          "--config.checkpoint_every_steps=2", "--config.sample_every_steps=3",
          "--config.eval_every_steps=3"]
-  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "step 3/3 (100%)" in out.stderr
   assert os.path.isdir(os.path.join(data_dir, "sklearn_digits"))  # built offline
-  config = config_lib.load_config(DIGITS)
+  config = config_lib.load_config(config_path("digits"))
   config.num_train_steps = 3
   check_outputs(workdir, [2, 3], config)
 
 
-def test_missing_dataset_fails_at_once_with_instructions(tmp_path, monkeypatch):
+def test_missing_dataset_fails_at_once_with_instructions(tmp_path, monkeypatch,
+                                                        tiny_config):
   monkeypatch.setattr(input_pipeline, "_can_download", lambda: False)
   data_dir = str(tmp_path / "empty")
   config = tiny_config(dataset="cifar100", num_classes=100, data_dir=data_dir)
@@ -122,7 +108,8 @@ def test_missing_dataset_fails_at_once_with_instructions(tmp_path, monkeypatch):
     (dict(global_batch_size=12), "queue_size 32 must be a positive multiple of global_batch_size 12"),
     (dict(queue_size=36), "queue_size 36 must be a positive multiple of global_batch_size 8"),
 ])
-def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, message):
+def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, message,
+                                          tiny_config):
   def no_compile(*args, **kwargs):
     raise AssertionError("compiled before validating")
   monkeypatch.setattr(train, "create_train_state", no_compile)
@@ -132,14 +119,14 @@ def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, mes
   assert not os.listdir(tmp_path)
 
 
-def test_batch_must_divide_devices():
+def test_batch_must_divide_devices(tiny_config):
   with pytest.raises(config_lib.ConfigError,
                      match="global_batch_size 8 must be positive and divisible by "
                            r"the number of processes \(1\) and of devices \(3\)"):
     config_lib.validate(tiny_config(), num_devices=3)
 
 
-def test_unknown_field_is_rejected():
+def test_unknown_field_is_rejected(tiny_config):
   config = tiny_config()
   config.unlock()
   config.model.widths = (1, 2)
@@ -147,18 +134,18 @@ def test_unknown_field_is_rejected():
     config_lib.validate(config)
 
 
-def test_cli_reports_config_errors_without_traceback(tmp_path):
+def test_cli_reports_config_errors_without_traceback(tmp_path, root, config_path):
   for flag, message in [("--config.foo=1", "error: unknown config field 'foo'"),
                         ("--config.global_batch_size=12",
                          "error: queue_size 32 must be a positive multiple")]:
-    out = subprocess.run([sys.executable, "-m", "sgan_jax.main", f"--config={TINY}",
-                          f"--workdir={tmp_path}", flag],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "sgan_jax.main",
+                          f"--config={config_path('tiny')}", f"--workdir={tmp_path}", flag],
+                         capture_output=True, text=True, cwd=root, timeout=300)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_all_configs_validate():
-  for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+def test_all_configs_validate(root):
+  for path in glob.glob(os.path.join(root, "configs", "*.py")):
     config_lib.validate(config_lib.load_config(path))

@@ -10,30 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from sgan_jax import checkpointing, config_lib, evaluate, guards, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
-
-
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-def tiny(digits_dir, **overrides):
-  config = config_lib.load_config(TINY)
-  config.dataset, config.data_dir = "sklearn_digits", digits_dir
-  config.eval_every_steps = 1000   # evaluation only at the end
-  config.update(overrides)
-  return config
+from sgan_jax import checkpointing, config_lib, evaluation, guards, sharding, train
+from sgan_jax.state import abstract_train_state
 
 
 def restore_latest(config, workdir):
   ckpt = checkpointing.Checkpointer(workdir, 3)
   try:
-    mesh = train.sharding.make_mesh()
-    return jax.device_get(ckpt.restore(train.abstract_train_state(config, mesh)))
+    mesh = sharding.make_mesh()
+    return jax.device_get(ckpt.restore(abstract_train_state(config, mesh)))
   finally:
     ckpt.close()
 
@@ -45,21 +30,21 @@ def all_finite(state):
 
 def with_hook(monkeypatch, hook):
   """Runs `hook(step, state, metrics) -> (state, metrics)` after each step."""
-  real = train.make_sharded_train_step
+  real = train.make_train_step
 
   def patched(mesh):
-    step_fn = real(mesh)
+    train_step = real(mesh)
 
     def wrapped(state, batch):
-      state, metrics = step_fn(state, batch)
+      state, metrics = train_step(state, batch)
       return hook(int(state.step), state, metrics)
     return wrapped
-  monkeypatch.setattr(train, "make_sharded_train_step", patched)
+  monkeypatch.setattr(train, "make_train_step", patched)
 
 
 # ----------------------------------------------------------------- signals
 
-def test_sigint_finishes_the_step_checkpoints_and_resumes(tmp_path, digits_dir,
+def test_sigint_finishes_the_step_checkpoints_and_resumes(tmp_path, tiny_digits,
                                                           monkeypatch, caplog):
   def interrupt(step, state, metrics):
     if step == 3:
@@ -68,7 +53,7 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes(tmp_path, digits_dir,
   caplog.set_level(logging.INFO)
   with_hook(monkeypatch, interrupt)
   handler_before = signal.getsignal(signal.SIGINT)
-  config = tiny(digits_dir, num_train_steps=50, checkpoint_every_steps=40)
+  config = tiny_digits(num_train_steps=50, checkpoint_every_steps=40)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 3
   assert "SIGINT received: saved checkpoint 3" in caplog.text
@@ -76,13 +61,13 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes(tmp_path, digits_dir,
   # The handler is gone after the run: the previous one is back.
   assert signal.getsignal(signal.SIGINT) is handler_before
   monkeypatch.undo()
-  resumed = train.train_and_evaluate(tiny(digits_dir, num_train_steps=5), str(tmp_path))
+  resumed = train.train_and_evaluate(tiny_digits(num_train_steps=5), str(tmp_path))
   assert int(resumed.step) == 5
   assert "Resumed from" in caplog.text and "at step 3" in caplog.text
 
 
-def _main(workdir, digits_dir, *flags):
-  return [sys.executable, "-m", "sgan_jax.main", f"--config={TINY}",
+def _main(root, workdir, digits_dir, *flags):
+  return [sys.executable, "-m", "sgan_jax.main", f"--config={root}/configs/tiny.py",
           f"--workdir={workdir}", "--config.dataset=sklearn_digits",
           f"--config.data_dir={digits_dir}", "--config.log_every_steps=1",
           "--config.eval_every_steps=1000", *flags]
@@ -100,11 +85,12 @@ def _wait_for_step(proc, step, timeout=300):
 
 
 @pytest.mark.slow
-def test_sigterm_in_the_cli_exits_zero_with_a_checkpoint(tmp_path, digits_dir):
+def test_sigterm_in_the_cli_exits_zero_with_a_checkpoint(tmp_path, root, digits_dir,
+                                                         tiny_digits):
   workdir = str(tmp_path)
-  proc = subprocess.Popen(_main(workdir, digits_dir, "--config.num_train_steps=1000",
+  proc = subprocess.Popen(_main(root, workdir, digits_dir, "--config.num_train_steps=1000",
                                 "--config.checkpoint_every_steps=500"),
-                          stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                          stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
   _wait_for_step(proc, 2)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
@@ -113,21 +99,21 @@ def test_sigterm_in_the_cli_exits_zero_with_a_checkpoint(tmp_path, digits_dir):
   assert len(stop_lines) == 1
   saved = int(stop_lines[0].split("saved checkpoint ")[1].split()[0])
   assert saved >= 2
-  assert restore_latest(tiny(digits_dir), workdir).step == saved
+  assert restore_latest(tiny_digits(), workdir).step == saved
 
 
 @pytest.mark.slow
 def test_kill_9_resumes_from_the_newest_complete_checkpoint_bit_identically(
-    tmp_path, digits_dir):
+    tmp_path, root, digits_dir, tiny_digits):
   steps = 8
   reference = jax.device_get(train.train_and_evaluate(
-      tiny(digits_dir, num_train_steps=steps, checkpoint_every_steps=1,
+      tiny_digits(num_train_steps=steps, checkpoint_every_steps=1,
            sample_every_steps=1000), str(tmp_path / "reference")))
   workdir = str(tmp_path / "killed")
   flags = [f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=1",
            "--config.sample_every_steps=1000"]
-  proc = subprocess.Popen(_main(workdir, digits_dir, *flags), stderr=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
+  proc = subprocess.Popen(_main(root, workdir, digits_dir, *flags), stderr=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, cwd=root)
   _wait_for_step(proc, 3)
   time.sleep(np.random.default_rng().uniform(0, 0.5))   # anywhere, saves included
   proc.kill()
@@ -137,11 +123,11 @@ def test_kill_9_resumes_from_the_newest_complete_checkpoint_bit_identically(
   resumed_from = survivors.latest_step()
   survivors.close()
   assert resumed_from is not None and resumed_from >= 1
-  out = subprocess.run(_main(workdir, digits_dir, *flags), capture_output=True,
-                       text=True, cwd=ROOT, timeout=600)
+  out = subprocess.run(_main(root, workdir, digits_dir, *flags), capture_output=True,
+                       text=True, cwd=root, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"at step {resumed_from}" in out.stderr
-  final = restore_latest(tiny(digits_dir), workdir)
+  final = restore_latest(tiny_digits(), workdir)
   assert int(final.step) == steps
   jax.tree.map(np.testing.assert_array_equal, final, reference)
 
@@ -161,10 +147,10 @@ def _poison_at(step_to_poison, times=1):
 
 
 def test_nonfinite_stops_naming_step_and_term_and_saves_nothing_bad(
-    tmp_path, digits_dir, monkeypatch):
+    tmp_path, tiny_digits, monkeypatch):
   hook, _ = _poison_at(3)
   with_hook(monkeypatch, hook)
-  config = tiny(digits_dir, num_train_steps=6)
+  config = tiny_digits(num_train_steps=6)
   with pytest.raises(guards.NonFiniteError,
                      match=r"non-finite g/grad_norm = nan at step 3"):
     train.train_and_evaluate(config, str(tmp_path))
@@ -175,18 +161,18 @@ def test_nonfinite_stops_naming_step_and_term_and_saves_nothing_bad(
 
 
 def test_nonfinite_rollback_skips_the_batch_a_bounded_number_of_times(
-    tmp_path, digits_dir, monkeypatch, caplog):
+    tmp_path, tiny_digits, monkeypatch, caplog):
   hook, hits = _poison_at(3)
   with_hook(monkeypatch, hook)
   state = train.train_and_evaluate(
-      tiny(digits_dir, num_train_steps=6, nonfinite_rollbacks=1), str(tmp_path / "a"))
+      tiny_digits(num_train_steps=6, nonfinite_rollbacks=1), str(tmp_path / "a"))
   assert hits == [3] and int(state.step) == 6 and all_finite(jax.device_get(state))
   assert "skipping the batch of step 3 (0 rollbacks left)" in caplog.text
   # Failing again after the allowed rollbacks stops the run.
   hook, hits = _poison_at(3, times=5)
   with_hook(monkeypatch, hook)
   with pytest.raises(guards.NonFiniteError, match="at step 3"):
-    train.train_and_evaluate(tiny(digits_dir, num_train_steps=6, nonfinite_rollbacks=2),
+    train.train_and_evaluate(tiny_digits(num_train_steps=6, nonfinite_rollbacks=2),
                              str(tmp_path / "b"))
   assert hits == [3, 3, 3]
 
@@ -206,9 +192,9 @@ def small_fs(tmp_path):
 
 
 def test_disk_full_during_save_is_reported_and_keeps_earlier_checkpoints(
-    small_fs, digits_dir):
+    small_fs, tiny_digits):
   workdir = str(small_fs / "run")
-  config = tiny(digits_dir, num_train_steps=2, sample_every_steps=1000)
+  config = tiny_digits(num_train_steps=2, sample_every_steps=1000)
   train.train_and_evaluate(config, workdir)
   # Leave room for the small files (config, metrics) but not a checkpoint.
   ckpt_bytes = sum(os.path.getsize(os.path.join(d, f))
@@ -219,7 +205,7 @@ def test_disk_full_during_save_is_reported_and_keeps_earlier_checkpoints(
   with open(filler, "wb") as f:
     f.write(b"\0" * (stat.f_bavail * stat.f_frsize - ckpt_bytes // 3))
   with pytest.raises((checkpointing.CheckpointError, OSError)) as err:
-    train.train_and_evaluate(tiny(digits_dir, num_train_steps=4,
+    train.train_and_evaluate(tiny_digits(num_train_steps=4,
                                   sample_every_steps=1000), workdir)
   assert "No space left" in str(err.value) or "ENOSPC" in str(err.value), str(err.value)
   os.remove(filler)
@@ -231,15 +217,15 @@ def test_disk_full_during_save_is_reported_and_keeps_earlier_checkpoints(
 
 # -------------------------------------------------- corrupt or incompatible
 
-def _trained(tmp_path, digits_dir):
-  config = tiny(digits_dir, num_train_steps=2)
+def _trained(tmp_path, tiny_digits):
+  config = tiny_digits(num_train_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
   return config, os.path.join(str(tmp_path), "checkpoints", "2")
 
 
-def test_checkpoint_of_another_architecture_is_refused(tmp_path, digits_dir):
-  _trained(tmp_path, digits_dir)
-  other = tiny(digits_dir, num_train_steps=4)
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, tiny_digits):
+  _trained(tmp_path, tiny_digits)
+  other = tiny_digits(num_train_steps=4)
   other.model.d_widths = (8, 16, 32)
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"checkpoints/2 does not fit this config: "
@@ -248,21 +234,21 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, digits_dir):
     train.train_and_evaluate(other, str(tmp_path))
 
 
-def test_truncated_checkpoint_file_is_reported_not_reinitialised(tmp_path, digits_dir):
-  config, path = _trained(tmp_path, digits_dir)
+def test_truncated_checkpoint_file_is_reported_not_reinitialised(tmp_path, tiny_digits):
+  config, path = _trained(tmp_path, tiny_digits)
   files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
   data = max(files, key=os.path.getsize)
   with open(data, "r+b") as f:
     f.truncate(os.path.getsize(data) // 3)
   with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/2"):
-    train.train_and_evaluate(tiny(digits_dir, num_train_steps=4), str(tmp_path))
+    train.train_and_evaluate(tiny_digits(num_train_steps=4), str(tmp_path))
 
 
-def test_evaluating_another_workdir_only_reads_it(tmp_path, digits_dir):
-  config, _ = _trained(tmp_path / "source", digits_dir)
+def test_evaluating_another_workdir_only_reads_it(tmp_path, tiny_digits):
+  config, _ = _trained(tmp_path / "source", tiny_digits)
   before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
             for d, _, fs in os.walk(tmp_path / "source") for f in fs}
-  step, results = evaluate.evaluate_checkpoint(config, str(tmp_path / "source"),
+  step, results = evaluation.evaluate_checkpoint(config, str(tmp_path / "source"),
                                                output_dir=str(tmp_path / "mine"))
   after = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
            for d, _, fs in os.walk(tmp_path / "source") for f in fs}
@@ -280,23 +266,19 @@ def test_evaluating_another_workdir_only_reads_it(tmp_path, digits_dir):
     ("optim.d_lr", -1e-4, "optim.d_lr must be positive, got -0.0001"),
     ("loss.knn_weight", 0.0, "loss.knn_weight must be positive, got 0.0"),
 ])
-def test_config_values_are_rejected_with_exact_messages(field, value, message):
-  config = config_lib.load_config(TINY)
-  node = config
-  *parents, leaf = field.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+def test_config_values_are_rejected_with_exact_messages(field, value, message,
+                                                        tiny_config):
+  config = tiny_config()
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(config_lib.ConfigError) as err:
     config_lib.validate(config)
   assert str(err.value).startswith(message), str(err.value)
 
 
-def test_unknown_dataset_is_rejected_before_compiling(tmp_path, monkeypatch):
+def test_unknown_dataset_is_rejected_before_compiling(tmp_path, monkeypatch, tiny_config):
   monkeypatch.setattr(train, "create_train_state",
                       lambda *a, **k: pytest.fail("compiled before validating"))
-  config = config_lib.load_config(TINY)
-  config.dataset = "cifar11"
+  config = tiny_config(dataset="cifar11")
   with pytest.raises(config_lib.ConfigError,
                      match=r"unknown dataset 'cifar11': neither a TFDS dataset nor "
                            r"one of this project's \(sklearn_digits\)"):

@@ -1,6 +1,5 @@
 """Scale-out: 8 devices vs 1, checkpoints across device counts, two processes."""
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,22 +15,18 @@ WORKER = os.path.join(HERE, "multidevice_worker.py")
 
 pytestmark = pytest.mark.slow   # subprocesses that compile; see .ci/run
 
-# The workers compile the same tiny programs: share a persistent cache.
-CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"sgan_jax_test_cache_{os.getpid()}")
+
+@pytest.fixture
+def run_worker(config_path):
+  """`run_worker(args, devices=1)`: the worker on the tiny config, as a process."""
+  return lambda args, devices=1: _start_worker([f"--config={config_path('tiny')}", *args],
+                                               devices)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _remove_cache():
-  yield
-  shutil.rmtree(CACHE, ignore_errors=True)
-
-
-def run_worker(args, devices=1, timeout=400):
+def _start_worker(args, devices):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = CACHE
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  env["JAX_PLATFORMS"] = "cpu"   # the session's compilation cache is inherited
   return subprocess.Popen([sys.executable, WORKER, *args], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -42,7 +37,7 @@ def finish(proc, timeout=400):
   return out
 
 
-def test_eight_devices_match_one_and_checkpoints_cross_device_counts(tmp_path):
+def test_eight_devices_match_one_and_checkpoints_cross_device_counts(tmp_path, run_worker):
   a, b, c = (str(tmp_path / n) for n in "abc")
   out = finish(run_worker(["--mode=compare", f"--ckpt_out={a}",
                            f"--npz_out={a}.npz"], devices=8))
@@ -63,7 +58,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_hold_identical_parameters_equal_to_one(tmp_path):
+def test_two_processes_hold_identical_parameters_equal_to_one(tmp_path, run_worker,
+                                                              tiny_config):
   port = _free_port()
   procs = [run_worker(["--mode=train", "--num_processes=2", f"--process_id={i}",
                        f"--port={port}", f"--npz_out={tmp_path}/p{i}.npz"])
@@ -81,5 +77,4 @@ def test_two_processes_hold_identical_parameters_equal_to_one(tmp_path):
   assert p0.keys() == p1.keys() and len(p0) > 10
   for path in p0:
     np.testing.assert_array_equal(p0[path], p1[path], err_msg=path)  # exact agreement
-  config = multidevice_worker.config_lib.load_config(multidevice_worker.TINY)
-  multidevice_worker.compare_arrays(p0, single, config.optim.g_lr, 3)
+  multidevice_worker.compare_arrays(p0, single, tiny_config().optim.g_lr, 3)

@@ -1,30 +1,22 @@
-"""One real training step on the tiny config (SPEC 5)."""
-import os
-
+"""One real training step on the tiny config (docs/method.md §4)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgan_jax import config_lib, train
+from sgan_jax import step
+from sgan_jax.state import create_train_state
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
-
-
-def _batch(config, seed=1):
-  b, s = config.global_batch_size, config.image_size
-  key = jax.random.PRNGKey(seed)
-  return {"image": jax.random.uniform(key, (b, s, s, 3), minval=-1, maxval=1),
-          "label": jnp.arange(b, dtype=jnp.int32) % config.num_classes}
+train_step = step.make_train_step()
 
 
 @pytest.fixture(scope="module")
-def stepped():
-  config = config_lib.load_config(CONFIG)
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+def stepped(tiny_config, synthetic_batch):
+  config = tiny_config()
+  state = create_train_state(config, jax.random.PRNGKey(0))
   before = jax.device_get(state)       # host copy: the step donates `state`
-  batch = _batch(config)
-  after, metrics = train.train_step(state, batch)
+  batch = synthetic_batch(config)
+  after, metrics = train_step(state, batch)
   return config, before, jax.device_get(after), jax.device_get(metrics), batch
 
 
@@ -97,53 +89,64 @@ def test_queue_pointer_wraps(stepped):
   state = jax.device_put(after)
   steps = config.queue_size // config.global_batch_size
   for _ in range(steps):
-    state, _ = train.train_step(state, batch)
+    state, _ = train_step(state, batch)
   assert int(state.queue_ptr) == config.global_batch_size   # wrapped once
 
 
 def test_repeated_d_phases_lower_the_d_loss(stepped):
   config, before, _, _, batch = stepped
   state = jax.device_put(before)
-  noise = train.draw_step_noise(state.spec, jax.random.PRNGKey(3),
-                                config.global_batch_size)
-  d_phase = jax.jit(train.d_phase)
+  noise = step.draw_step_noise(state.spec, jax.random.PRNGKey(3),
+                               config.global_batch_size)
+  d_phase = jax.jit(step.d_phase)
   losses = []
   for _ in range(12):   # G, its state and D_ema stay frozen
-    d_params, d_opt, _, _, m = d_phase(state, batch["image"], batch["label"],
-                                       noise["z_d"], noise["u"])
-    state = state.replace(d_params=d_params, d_opt_state=d_opt)
-    losses.append(float(m["loss"]))
+    d = d_phase(state, batch["image"], batch["label"], noise["z_d"], noise["u"])
+    state = state.replace(d_params=d.params, d_opt_state=d.opt_state)
+    losses.append(float(d.result.metrics["loss"]))
   assert losses[-1] < losses[0] - 0.05, losses
 
 
 def test_repeated_g_phases_lower_the_g_loss(stepped):
   config, before, _, _, batch = stepped
   state = jax.device_put(before)
-  noise = train.draw_step_noise(state.spec, jax.random.PRNGKey(4),
-                                config.global_batch_size)
-  real_keys = train.ema_keys(state.spec, state.d_ema_params, batch["image"])
-  g_phase = jax.jit(train.g_phase)
+  noise = step.draw_step_noise(state.spec, jax.random.PRNGKey(4),
+                               config.global_batch_size)
+  real_keys = step.ema_keys(state.spec, state.d_ema_params, batch["image"])
+  g_phase = jax.jit(step.g_phase)
   losses = []
   for _ in range(12):   # D and D_ema stay frozen
-    g_params, g_opt, _, _, m = g_phase(state, state.d_params, state.g_state,
-                                       batch["image"], real_keys, noise["z_g"])
-    state = state.replace(g_params=g_params, g_opt_state=g_opt)
-    losses.append(float(m["loss"]))
+    g = g_phase(state, state.d_params, state.g_state, batch["image"], real_keys,
+                noise["z_g"])
+    state = state.replace(g_params=g.params, g_opt_state=g.opt_state)
+    losses.append(float(g.result.metrics["loss"]))
   assert losses[-1] < losses[0] - 0.01, losses
 
 
-def test_bfloat16_activations_keep_float32_state_and_close_losses(stepped):
+def test_bfloat16_activations_keep_float32_state_and_close_losses(stepped, tiny_config):
   config, before, _, metrics32, batch = stepped
-  config = config_lib.load_config(CONFIG)
+  config = tiny_config()
   config.model.compute_dtype = "bfloat16"
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = create_train_state(config, jax.random.PRNGKey(0))
   # Same initial parameters: the dtype changes the computation, not the init.
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.d_params),
                before.d_params)
-  after, metrics16 = train.train_step(state, batch)
+  after, metrics16 = train_step(state, batch)
   for leaf in jax.tree.leaves(after):
     assert leaf.dtype in (jnp.float32, jnp.int32, jnp.uint32), leaf.dtype
     assert np.all(np.isfinite(leaf))
   for name in ("d/loss", "d/jsd", "d/real_sim", "d/fake_sim", "g/loss", "g/jsd"):
     assert float(metrics16[name]) == pytest.approx(float(metrics32[name]), rel=0.05,
                                                    abs=0.02), name
+
+
+def test_the_step_makes_no_implicit_host_transfers(stepped):
+  """With state and batch on the device, the jitted step neither reads from
+  nor copies to the host (a `float()` or a NumPy constant inside would)."""
+  _, before, _, _, batch = stepped
+  state, batch = jax.device_put((before, batch))
+  jax.block_until_ready((state, batch))
+  with jax.transfer_guard("disallow"):
+    state, metrics = train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+  assert int(state.step) == int(before.step) + 1

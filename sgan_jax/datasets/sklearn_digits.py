@@ -4,6 +4,7 @@ No network is needed: `download_and_prepare` reads the copy that ships inside
 scikit-learn and writes an ordinary TFDS dataset (a few hundred KB).
 """
 import numpy as np
+from sklearn import datasets
 import tensorflow_datasets as tfds
 
 NUM_TEST = 297   # of 1,797 images; the rest (1,500) is the train split
@@ -33,7 +34,6 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
             "test": self._generate_examples(True)}
 
   def _generate_examples(self, test):
-    from sklearn import datasets  # heavy import, only when building
     digits = datasets.load_digits()
     order = np.random.default_rng(0).permutation(len(digits.target))
     chosen = order[:NUM_TEST] if test else order[NUM_TEST:]

@@ -7,15 +7,8 @@ metric names are those of the eval JSON (`top1`; `acc`, `nmi`, `ari`).
 """
 import importlib
 
-import jax.numpy as jnp
-
 NAMES = ("knn", "linear", "kmeans")
 _MODULES = {"knn": "knn", "linear": "linear_probe", "kmeans": "kmeans"}
-
-
-def unit_rows(x):
-  """Rows scaled to unit L2 norm (cosine geometry for k-NN and k-means)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def get(name: str):

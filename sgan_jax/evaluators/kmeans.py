@@ -1,4 +1,4 @@
-"""k-means clustering of L2-normalised features (SPEC 7's reference protocol).
+"""k-means clustering of L2-normalised features (docs/method.md §6).
 
 Spherical k-means (cosine assignment, centroids renormalised), k-means++
 starts, `kmeans_restarts` restarts keeping the lowest inertia, Lloyd steps
@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics
 
-from sgan_jax.evaluators import unit_rows
+from sgan_jax.utils import unit_rows
 
 
 def _plus_plus(x, k, key):

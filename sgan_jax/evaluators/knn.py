@@ -1,4 +1,4 @@
-"""Weighted k-NN classifier on L2-normalised features (SPEC 7).
+"""Weighted k-NN classifier on L2-normalised features (docs/method.md §6).
 
 Each test row votes with its k most cosine-similar train rows, weighted by
 `exp(sim / temperature)` (k = 200, temperature 0.1 by default). Test rows are
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax.evaluators import unit_rows
+from sgan_jax.utils import unit_rows
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))

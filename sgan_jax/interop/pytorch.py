@@ -21,10 +21,12 @@ A DistributedDataParallel prefix `module.` is accepted on import. Every
 mismatch raises `ConversionError` naming the first offending key and shapes.
 """
 import re
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import flax
 import numpy as np
+
+from sgan_jax.utils import flatten_paths
 
 StateDict = Dict[str, np.ndarray]
 Path = Tuple[str, ...]
@@ -117,11 +119,6 @@ def _from_torch(x, kind):
   return x.T if kind == "dense" else x
 
 
-def _flat(tree) -> Iterator[Tuple[Path, Any]]:
-  for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items():
-    yield path, leaf
-
-
 def _unflat(items: Mapping[Path, Any]):
   return flax.traverse_util.unflatten_dict(dict(items))
 
@@ -163,7 +160,7 @@ def d_to_torch(d_params) -> StateDict:
   """D's (or D_ema's) parameters as the authors' `Discriminator` keys
   (without the queue buffers)."""
   out = {}
-  for path, leaf in _flat(d_params):
+  for path, leaf in flatten_paths(d_params).items():
     key, kind = _d_key(path)
     out[key] = _to_torch(leaf, kind)
   return out
@@ -174,7 +171,7 @@ def d_from_torch(sd: Mapping[str, Any], like, source="state_dict_D"):
   Buffers (the queue) are left in `sd`'s copy and returned second."""
   sd = _strip_prefix(sd)
   items = {}
-  for path, leaf in _flat(like):
+  for path, leaf in flatten_paths(like).items():
     key, kind = _d_key(path)
     value = _take(sd, key, _torch_shape(np.shape(leaf), kind),
                   "D parameter " + "/".join(path), source)
@@ -192,11 +189,11 @@ def g_to_torch(g_params, g_state, depth: int) -> StateDict:
   """G's parameters and state as the authors' `Generator_model` keys."""
   out, kernels = {}, {}
   for collection, tree in (("params", g_params), *g_state.items()):
-    for path, leaf in _flat(tree):
+    for path, leaf in flatten_paths(tree).items():
       out[_g_key(collection, path, depth)] = _to_torch(leaf, _kind(path, leaf))
       if collection == "params" and path[-1] == "kernel":
         kernels[path[:-1]] = leaf
-  for path, leaf in _flat(g_state["spectral"]):
+  for path, leaf in flatten_paths(g_state["spectral"]).items():
     out[_g_module(path[:-1], depth) + ".sv0"] = _sv(leaf, kernels[path[:-1]])
   return out
 
@@ -208,7 +205,7 @@ def g_from_torch(sd: Mapping[str, Any], like_params, like_state, depth: int,
   result = []
   for collection, tree in (("params", like_params), *like_state.items()):
     items = {}
-    for path, leaf in _flat(tree):
+    for path, leaf in flatten_paths(tree).items():
       key = _g_key(collection, path, depth)
       kind = _kind(path, leaf)
       value = _take(sd, key, _torch_shape(np.shape(leaf), kind),

@@ -127,7 +127,7 @@ class ReferenceTrainer:
   def step(self, img, label, z_d, z_g, u, after_d_update=None):
     """`main_cls.train`'s loop body for one batch (KNN=1, weights 3/5/20/1).
     `after_d_update()`, if given, runs between the D and the G phase."""
-    torch, ref, F = self.torch, self.ref, self.torch.nn.functional
+    torch, ref = self.torch, self.ref
     img, label = torch.from_numpy(img).to(self.dtype), torch.from_numpy(label).long()
     z_d, z_g, u = (torch.from_numpy(a).to(self.dtype) for a in (z_d, z_g, u))
     model_d, model_g = self.model_d, self.model_g
@@ -147,14 +147,8 @@ class ReferenceTrainer:
         hinge = ((norms - 1) * (norms < 1).float()).pow(2).mean()
       else:
         gen_norm_embed, gen_embed, _, _ = model_d(gen_img)
-      adv_loss, _, _ = ref.compute_adv_loss(norm_embed, gen_norm_embed)
-      embed_queue = model_d.module.queue.detach().clone()
-      bg_queue = model_d.module.bg_queue.detach().clone()
-      with torch.no_grad():
-        bg_feat = F.normalize(self.moment_d.module.encoder(torch.cat([img, gen_img])), dim=-1)
-        bg_feat, gen_bg_feat = bg_feat.chunk(2)
-      knn_feat_sim, knn_rec_sim = ref.compute_knn_loss(
-          bg_feat, norm_embed, gen_bg_feat, gen_norm_embed, embed_queue, bg_queue, 1)
+      adv_loss, bg_feat, gen_bg_feat, knn_feat_sim, knn_rec_sim = self._adversarial_terms(
+          img, gen_img, norm_embed, gen_norm_embed)
       if train_d:
         cls_loss = torch.nn.CrossEntropyLoss()(logit, label)
         loss = adv_loss + 3 * (-knn_feat_sim + knn_rec_sim) + 5 * jac_loss \
@@ -188,6 +182,21 @@ class ReferenceTrainer:
     model_d.module.dequeue_and_enqueue(norm_embed, bg_feat)
     values = {k: v.detach().numpy().astype(np.float64) for k, v in out.items()}
     return values, self.with_params(grads_d, grads_g)
+
+  def _adversarial_terms(self, img, gen_img, norm_embed, gen_norm_embed):
+    """The loop body's coarse and fine terms, in the authors' order: their
+    adversarial loss, D_ema's keys of both batches, their k-NN similarities."""
+    torch, ref = self.torch, self.ref
+    adv_loss, _, _ = ref.compute_adv_loss(norm_embed, gen_norm_embed)
+    embed_queue = self.model_d.module.queue.detach().clone()
+    bg_queue = self.model_d.module.bg_queue.detach().clone()
+    with torch.no_grad():
+      bg_feat = torch.nn.functional.normalize(
+          self.moment_d.module.encoder(torch.cat([img, gen_img])), dim=-1)
+      bg_feat, gen_bg_feat = bg_feat.chunk(2)
+    knn_feat_sim, knn_rec_sim = ref.compute_knn_loss(
+        bg_feat, norm_embed, gen_bg_feat, gen_norm_embed, embed_queue, bg_queue, 1)
+    return adv_loss, bg_feat, gen_bg_feat, knn_feat_sim, knn_rec_sim
 
   @staticmethod
   def _grads(model):

@@ -1,5 +1,5 @@
 """The discriminator D: a GroupNorm/ELU ResNet encoder, a projection head and an
-online probe (SPEC 2.1, 2.3, 2.4).
+online probe (docs/method.md §2.1, §2.3).
 
 D has no operation that mixes samples of a batch (GroupNorm is per sample),
 which is what lets `losses.jacobian_sigma` get every per-sample Jacobian
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sgan_jax.models import layers
+from sgan_jax.utils import unit_rows
 
 # D's width schedule per input resolution: one stage per halving down to 4x4,
 # the reference's (64, 128, 256, 512) at 32x32, one more stage per doubling.
@@ -45,10 +46,6 @@ class GroupNorm(nn.Module):
   def __call__(self, x):
     groups = layers.group_norm_groups(x.shape[-1], self.channels_per_group)
     return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=x.dtype)(x)
-
-
-def _unit_rows(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _avg_pool(x, stride):
@@ -133,11 +130,10 @@ class Discriminator(nn.Module):
   def __call__(self, images) -> DOutput:
     h = self.encoder(images.astype(self.dtype))
     e = self.head(h)
-    z = _unit_rows(e)
     logits = self.probe(jax.lax.stop_gradient(h))
-    return DOutput(h, e, z, logits)
+    return DOutput(h, e, unit_rows(e), logits)
 
   def keys(self, images):
     """Normalised backbone features `h / ||h||`: D_ema's neighbour-search keys."""
     h = self.encoder(images.astype(self.dtype))
-    return _unit_rows(h)
+    return unit_rows(h)

@@ -1,5 +1,5 @@
 """The generator G: BigGAN-deep style, unconditional, self-modulated BN
-(SPEC 2.2, 2.3).
+(docs/method.md §2.2, §2.3).
 
 Every conv and dense layer is spectrally normalised. G always normalises with
 batch statistics (the reference runs it in training mode, when sampling too);

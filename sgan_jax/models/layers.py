@@ -5,13 +5,15 @@ power-iteration vectors `u` of spectrally normalised layers, `batch_stats`
 holds the running averages of G's batch norms. Both change only when `apply`
 is called with them in `mutable` (training mode, as the reference always runs
 G); the losses never depend on the running averages because G always
-normalises with batch statistics (SPEC 2.2).
+normalises with batch statistics (docs/method.md §2.2).
 """
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+
+from sgan_jax.utils import unit_rows
 
 # Kaiming-normal, fan_out mode, ReLU gain: the reference's conv init (and G's
 # dense init).
@@ -30,12 +32,9 @@ def torch_default_bias(fan_in: int):
   return init
 
 
-def _normalize(x, eps):
-  return x / jnp.maximum(jnp.linalg.norm(x), eps)
-
-
 def spectral_normalize(kernel, u_var, update: bool, eps: float):
-  """Divides `kernel` by its top singular value, one power iteration (SPEC 2.2).
+  """Divides `kernel` by its top singular value, one power iteration
+  (docs/method.md §2.2).
 
   The kernel is viewed as a [fan_in, out] matrix, the transpose of PyTorch's
   `weight.view(out, -1)`, so the persistent `u` ([1, out]) lives in the same
@@ -45,8 +44,8 @@ def spectral_normalize(kernel, u_var, update: bool, eps: float):
   """
   w = kernel.reshape(-1, kernel.shape[-1])
   u = u_var.value
-  v = jax.lax.stop_gradient(_normalize(u @ w.T, eps))
-  u_new = jax.lax.stop_gradient(_normalize(v @ w, eps))
+  v = jax.lax.stop_gradient(unit_rows(u @ w.T, eps))
+  u_new = jax.lax.stop_gradient(unit_rows(v @ w, eps))
   sigma = jnp.squeeze((v @ w) @ u_new.T)
   if update:
     u_var.value = u_new
@@ -100,9 +99,9 @@ def conv2d(x, kernel, use_matmul_1x1: Optional[bool] = None):
   dtype of `x` (float32 parameters are cast for bfloat16 activations).
 
   A 1x1 kernel is a matmul over channels. On the CPU backend it is computed as
-  one (`use_matmul_1x1=None` picks it there): XLA:CPU runs 1x1 convolutions
-  and their gradients 1.5-3.5x slower than the same contraction as a dot
-  (docs/benchmarks.md). Accelerators keep XLA's convolution. Both forms are
+  one (`use_matmul_1x1=None` picks it there), because XLA:CPU runs 1x1
+  convolutions and their gradients slower than the same contraction as a dot
+  (docs/benchmarks.md has the figures). Accelerators keep XLA's convolution. Both forms are
   plain JAX ops, so every derivative (the Jacobian term differentiates a VJP)
   stays exact; tests/test_conv.py checks them against XLA's convolution.
   """
@@ -166,7 +165,7 @@ class BatchNorm(nn.Module):
 
 
 class SelfModulatedBatchNorm(nn.Module):
-  """cBN: `BN(x) * (1 + SNDense(y)) + SNDense(y)`, no affine (SPEC 2.2)."""
+  """cBN: `BN(x) * (1 + SNDense(y)) + SNDense(y)`, no affine (docs/method.md §2.2)."""
   sn_eps: float = 1e-6
 
   @nn.compact

@@ -1,0 +1,186 @@
+"""Evaluation of D's features (docs/method.md §6): extraction, scoring by the
+evaluators in `sgan_jax.evaluators`, the results table and JSON, the hook that
+training calls, and `evaluate_checkpoint` (what `python -m sgan_jax.evaluate`
+runs).
+
+Results are a flat map `"<model>/<features>/<evaluator>/<metric>" -> number`,
+written as `eval_<step>.json` (see README).
+
+Models: `d_ema` and `d` (the checkpoint's networks), `random_init` (a freshly
+initialised D, the "what training bought" baseline) and `raw_pixels`.
+Features: `backbone` (h), `embedding` (raw e) and `pixels`. Metrics are
+measured on the test split; the k-NN bank and the probe use the train split.
+"""
+import functools
+import json
+import os
+import time
+from typing import Dict, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgan_jax import checkpointing, evaluators, input_pipeline, sharding
+from sgan_jax.state import StepSpec, abstract_train_state, init_discriminator
+
+MODELS = ("d_ema", "d", "random_init", "raw_pixels")
+PIXEL_EVALUATORS = ("knn", "linear")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _d_features(spec: StepSpec, params, images):
+  out = spec.discriminator().apply({"params": params}, images)
+  return out.backbone, out.raw_embedding, jnp.argmax(out.probe_logits, -1)
+
+
+def random_init_params(spec: StepSpec, seed: int, mesh):
+  """A freshly initialised D (the same architecture, never trained),
+  replicated over `mesh`."""
+  key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), 0xD1))
+  init = functools.partial(init_discriminator, spec)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
+
+
+def extract_features(spec, named_params: Dict, config, builder, split, mesh):
+  """Features of every image of `split`, for each model in `named_params`.
+
+  Returns `(labels [N], pixels [N, H*W*3], {model: {"backbone", "embedding",
+  "probe_pred"}})`. Batches are padded to a fixed size and the padding rows
+  are dropped by their mask, so no image is ever skipped.
+  """
+  bs = config.eval.batch_size
+  labels, pixels, feats = [], [], {m: {} for m in named_params}
+  for batch in input_pipeline.eval_dataset(config, builder, split, bs).as_numpy_iterator():
+    full = input_pipeline.pad_to_full_batch(batch, bs)
+    mask = full["mask"]
+    images = sharding.to_global(sharding.process_rows(
+        {"image": full["image"]}, bs), mesh)["image"]
+    labels.append(full["label"][mask])
+    pixels.append(full["image"][mask].reshape(int(mask.sum()), -1))
+    for model, params in named_params.items():
+      outs = [sharding.to_host(o)[mask] for o in _d_features(spec, params, images)]
+      for name, value in zip(("backbone", "embedding", "probe_pred"), outs):
+        feats[model].setdefault(name, []).append(value)
+  cat = lambda parts: np.concatenate(parts) if parts else np.zeros((0,))
+  return (cat(labels), cat(pixels),
+          {m: {k: cat(v) for k, v in f.items()} for m, f in feats.items()})
+
+
+def run_evaluators(config, train_split, test_split, models=MODELS,
+                   include=None) -> Dict[str, float]:
+  """Scores features; `train_split`/`test_split` are `extract_features` results.
+
+  `include` optionally restricts the models evaluated (to reuse cached baselines).
+  """
+  (y_train, pixels_train, feats_train), (y_test, pixels_test, feats_test) = (
+      train_split, test_split)
+  n_cls, out = config.num_classes, {}
+  for model in models:
+    if include is not None and model not in include:
+      continue
+    if model == "raw_pixels":
+      sets = {"pixels": (pixels_train, pixels_test)}
+      names = PIXEL_EVALUATORS
+    else:
+      sets = {f: (feats_train[model][f], feats_test[model][f])
+              for f in ("backbone", "embedding")}
+      names = evaluators.NAMES
+      if model != "random_init":   # the online probe trained with D
+        out[f"{model}/backbone/online_probe/top1"] = float(
+            np.mean(feats_test[model]["probe_pred"] == y_test))
+    for feature, (train_x, test_x) in sets.items():
+      for name in names:
+        scores = evaluators.get(name)((train_x, y_train), (test_x, y_test), n_cls,
+                                      config.eval)
+        out.update({f"{model}/{feature}/{name}/{k}": v for k, v in scores.items()})
+  return out
+
+
+def format_table(results: Dict[str, float]) -> str:
+  """One row per (model, features), one column per evaluator metric."""
+  columns = ["knn/top1", "linear/top1", "kmeans/acc", "kmeans/nmi",
+             "kmeans/ari", "online_probe/top1"]
+  rows = sorted({tuple(k.split("/")[:2]) for k in results},
+                key=lambda r: (MODELS.index(r[0]), r[1]))
+  head = f"{'model':<12} {'features':<10} " + " ".join(f"{c:>17}" for c in columns)
+  lines = [head, "-" * len(head)]
+  for model, feature in rows:
+    cells = [results.get(f"{model}/{feature}/{c}") for c in columns]
+    lines.append(f"{model:<12} {feature:<10} " + " ".join(
+        f"{'-' if v is None else f'{v:.4f}':>17}" for v in cells))
+  lines.append("(test split; the k-NN bank and the linear probe use the train split)")
+  return "\n".join(lines)
+
+
+def results_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, f"eval_{step}.json")
+
+
+def write_json(results: Dict[str, float], workdir: str, step: int) -> str:
+  path = results_path(workdir, step)
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=1, sort_keys=True)
+  return path
+
+
+def read_json(workdir: str, step: int) -> Optional[Dict[str, float]]:
+  """The results of `eval_<step>.json` in `workdir`, or None if there is none."""
+  path = results_path(workdir, step)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+class TrainingEvaluator:
+  """Evaluation during training; the baselines are computed once and cached."""
+
+  def __init__(self, config, builder, mesh, workdir: str):
+    self.config, self.builder, self.mesh, self.workdir = config, builder, mesh, workdir
+    self._baseline: Optional[Dict[str, float]] = None
+    self.last_table = ""
+
+  def __call__(self, state, step: int, logger=None) -> Dict[str, float]:
+    t0 = time.time()
+    named = {"d_ema": state.d_ema_params, "d": state.d_params}
+    if self._baseline is None:
+      named["random_init"] = random_init_params(state.spec, self.config.seed,
+                                                self.mesh)
+    splits = [extract_features(state.spec, named, self.config, self.builder, s,
+                               self.mesh)
+              for s in (self.config.train_split, self.config.test_split)]
+    include = None if self._baseline is None else ("d_ema", "d")
+    results = run_evaluators(self.config, *splits, include=include)
+    if self._baseline is None:
+      self._baseline = {k: v for k, v in results.items()
+                        if k.split("/")[0] in ("random_init", "raw_pixels")}
+    results.update(self._baseline)
+    write_json(results, self.workdir, step)
+    self.last_table = format_table(results)
+    logging.info("Evaluation at step %d (%.1f s):\n%s", step, time.time() - t0,
+                 self.last_table)
+    if logger is not None:
+      logger.scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    return results
+
+
+def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
+                        output_dir: Optional[str] = None):
+  """Restores `workdir`'s checkpoint (newest by default, read-only) and
+  evaluates it; `eval_<step>.json` goes to `output_dir` (default: workdir).
+
+  Returns `(step, results)`.
+  """
+  mesh = sharding.make_mesh()
+  builder = input_pipeline.get_builder(config)
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, read_only=True)
+  step = ckpt.latest_step() if step is None else step
+  state = ckpt.restore(abstract_train_state(config, mesh), step)
+  ckpt.close()
+  output_dir = output_dir or workdir
+  os.makedirs(output_dir, exist_ok=True)
+  evaluator = TrainingEvaluator(config, builder, mesh, output_dir)
+  return int(state.step), evaluator(state, int(state.step))

@@ -1,0 +1,171 @@
+"""The train state: what changes during training (`TrainState`, arrays only)
+and what does not (`StepSpec`: network shapes, loss weights, optimisers).
+
+`StepSpec` is hashable and compared by value, so a state carrying it as static
+metadata goes through `jax.jit` without retracing, and two states built from
+the same config share one compiled step. docs/method.md §2 describes the
+networks, §4 what each field of the state is for.
+"""
+import dataclasses
+import functools
+from typing import Any, Dict, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sgan_jax import sharding
+from sgan_jax.models import Discriminator, Generator
+from sgan_jax.utils import unit_rows
+
+# G's mutable collections: batch-norm running averages, spectral-norm vectors.
+G_MUTABLE = ("batch_stats", "spectral")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Static, hashable description of the networks, losses and optimisers."""
+  image_size: int
+  num_classes: int
+  d_widths: Tuple[int, ...]
+  d_blocks_per_stage: int
+  embed_dim: int
+  channels_per_group: int
+  g_ch: int
+  g_depth: int
+  z_dim: int
+  compute_dtype: str
+  queue_size: int
+  eps: float
+  knn_k: int
+  skip_nearest_fake: bool
+  renormalize_mean: bool
+  jacobian_iters: int
+  knn_weight: float
+  smoothness_weight: float
+  norm_hinge_weight: float
+  probe_weight: float
+  d_lr: float
+  g_lr: float
+  b1: float
+  b2: float
+  adam_eps: float
+  d_weight_decay: float
+  ema_decay: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSpec":
+    m, l, o = config.model, config.loss, config.optim
+    return cls(
+        image_size=config.image_size, num_classes=config.num_classes,
+        d_widths=tuple(m.d_widths), d_blocks_per_stage=m.d_blocks_per_stage,
+        embed_dim=m.embed_dim, channels_per_group=m.channels_per_group,
+        g_ch=m.g_ch, g_depth=m.g_depth, z_dim=m.z_dim,
+        compute_dtype=m.compute_dtype,
+        queue_size=config.queue_size, eps=l.eps, knn_k=l.knn_k,
+        skip_nearest_fake=l.skip_nearest_fake,
+        renormalize_mean=l.renormalize_mean, jacobian_iters=l.jacobian_iters,
+        knn_weight=l.knn_weight, smoothness_weight=l.smoothness_weight,
+        norm_hinge_weight=l.norm_hinge_weight, probe_weight=l.probe_weight,
+        d_lr=o.d_lr, g_lr=o.g_lr, b1=o.b1, b2=o.b2, adam_eps=o.adam_eps,
+        d_weight_decay=o.d_weight_decay, ema_decay=o.ema_decay)
+
+  def discriminator(self) -> Discriminator:
+    return Discriminator(self.image_size, self.d_widths,
+                         self.d_blocks_per_stage, self.embed_dim,
+                         self.num_classes, self.channels_per_group,
+                         jnp.dtype(self.compute_dtype))
+
+  def generator(self) -> Generator:
+    return Generator(self.image_size, self.g_ch, self.g_depth, self.z_dim,
+                     dtype=jnp.dtype(self.compute_dtype))
+
+  def d_optimizer(self) -> optax.GradientTransformation:
+    # Decoupled weight decay on every D and probe parameter, as torch AdamW.
+    return optax.adamw(self.d_lr, self.b1, self.b2, self.adam_eps,
+                       weight_decay=self.d_weight_decay)
+
+  def g_optimizer(self) -> optax.GradientTransformation:
+    return optax.adam(self.g_lr, self.b1, self.b2, self.adam_eps)
+
+  def loss_kwargs(self) -> Dict[str, Any]:
+    """The keywords that `discriminator_loss` and `generator_loss` share."""
+    return dict(eps=self.eps, k=self.knn_k,
+                skip_nearest_fake=self.skip_nearest_fake,
+                knn_weight=self.knn_weight,
+                renormalize_mean=self.renormalize_mean)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one immutable pytree."""
+  step: jax.Array            # int32 scalar
+  rng: jax.Array             # raw uint32 PRNG key [2]
+  d_params: Any
+  d_opt_state: Any
+  d_ema_params: Any
+  g_params: Any
+  g_opt_state: Any
+  g_ema_params: Any
+  g_state: Any               # {'batch_stats': ..., 'spectral': ...}
+  queue_emb: jax.Array       # [K, embed_dim] past real unit embeddings
+  queue_keys: jax.Array      # [K, backbone width] past D_ema keys
+  queue_ptr: jax.Array       # int32 scalar, next queue row to write
+  spec: StepSpec = flax.struct.field(pytree_node=False)
+
+
+def init_discriminator(spec: StepSpec, key: jax.Array):
+  """D's parameters, freshly initialised from `key`."""
+  size = spec.image_size
+  return spec.discriminator().init(key, jnp.zeros((2, size, size, 3)))["params"]
+
+
+def _random_unit_rows(key, shape):
+  """Rows drawn uniformly on the unit sphere: the queue's starting entries."""
+  return unit_rows(jax.random.normal(key, shape))
+
+
+def _init_state(spec: StepSpec, rng: jax.Array) -> TrainState:
+  k_d, k_g, k_qe, k_qk, rng = jax.random.split(rng, 5)
+  d_params = init_discriminator(spec, k_d)
+  g_vars = spec.generator().init(k_g, jnp.zeros((2, spec.z_dim)))
+  g_params = g_vars["params"]
+  g_state = {c: g_vars[c] for c in G_MUTABLE}
+  # The EMAs start as copies, not aliases: aliased buffers break donation.
+  copy = lambda t: jax.tree.map(jnp.copy, t)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=rng,
+      d_params=d_params, d_opt_state=spec.d_optimizer().init(d_params),
+      d_ema_params=copy(d_params),
+      g_params=g_params, g_opt_state=spec.g_optimizer().init(g_params),
+      g_ema_params=copy(g_params), g_state=g_state,
+      queue_emb=_random_unit_rows(k_qe, (spec.queue_size, spec.embed_dim)),
+      queue_keys=_random_unit_rows(k_qk, (spec.queue_size, spec.d_widths[-1])),
+      queue_ptr=jnp.zeros((), jnp.int32), spec=spec)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       mesh=None) -> TrainState:
+  """Initialises D, G, their EMAs (as copies), optimisers and the queue.
+
+  With a `mesh`, the state is created replicated over it (every process of
+  a multi-host run calls this with the same `rng`).
+  """
+  spec = StepSpec.from_config(config)
+  out = None if mesh is None else sharding.replicated(mesh)
+  # Jitted: eager init of G's many small layers costs seconds of dispatch.
+  return jax.jit(_init_state, static_argnums=0, out_shardings=out)(
+      spec, np.asarray(rng))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) layout of a state, without computing it:
+  the target to restore a checkpoint into."""
+  rep = sharding.replicated(mesh)
+  shapes = jax.eval_shape(functools.partial(_init_state, StepSpec.from_config(config)),
+                          jax.random.PRNGKey(0))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                      shapes)

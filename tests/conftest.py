@@ -1,0 +1,98 @@
+"""Shared fixtures: the tiny config, synthetic batches, mocked TFDS data and an
+offline-built digits dataset. Nothing heavy runs at import time.
+
+The session shares one persistent JAX compilation cache (a fresh temporary
+directory), in this process and in the command lines the tests start: many
+tests compile the same tiny step, and a cache hit replaces a compilation.
+"""
+import contextlib
+import os
+import shutil
+import tempfile
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+from sgan_jax import benchmark, config_lib, input_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+
+def pytest_configure(config):
+  del config
+  cache = tempfile.mkdtemp(prefix="sgan_jax_test_compilation_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache          # subprocesses
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  jax.config.update("jax_compilation_cache_dir", cache)     # this process
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+  del config
+  shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR", ""), ignore_errors=True)
+
+
+def load_tiny(**overrides):
+  """A fresh copy of configs/tiny.py with `overrides` (top-level fields)."""
+  config = config_lib.load_config(os.path.join(CONFIGS, "tiny.py"))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope="session")
+def root():
+  """The repository root (the CLIs run from there)."""
+  return ROOT
+
+
+@pytest.fixture(scope="session")
+def config_path():
+  """`config_path("tiny")` -> the path of configs/tiny.py."""
+  return lambda name: os.path.join(CONFIGS, f"{name}.py")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  """`tiny_config(**overrides)` -> a fresh tiny config (16x16, batch 8)."""
+  return load_tiny
+
+
+@pytest.fixture(scope="session")
+def synthetic_batch():
+  """`synthetic_batch(config, seed=1)` -> a batch of uniform images in [-1, 1]
+  and cyclic labels on the default device (the benchmark's batch)."""
+  return lambda config, seed=1, mesh=None: benchmark.synthetic_batch(config, mesh, seed)
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  """`with mock_tfds(num_examples=N):` TFDS serves N random examples per
+  split of any dataset; its (mocked) download needs no network."""
+  monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
+
+  @contextlib.contextmanager
+  def mocked(num_examples=40):
+    with tfds.testing.mock_data(num_examples=num_examples):
+      yield
+  return mocked
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+  """A TFDS data_dir shared by the session, where sklearn_digits (built
+  offline on first use) lives."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def tiny_digits(digits_dir):
+  """`tiny_digits(**overrides)` -> the tiny config on the embedded digits,
+  evaluating only at the end."""
+  def make(**overrides):
+    config = load_tiny(dataset="sklearn_digits", data_dir=digits_dir,
+                       eval_every_steps=1000)
+    config.update(overrides)
+    return config
+  return make
