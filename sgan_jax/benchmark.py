@@ -16,7 +16,6 @@ Prints, and writes as JSON:
 - the TFDS input pipeline's images/s alone, where TensorFlow and the dataset
   are available.
 """
-import json
 import platform
 import statistics
 import time
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from sgan_jax import cli, config_lib, flops, losses, sharding, step
+from sgan_jax import cli, config_lib, flops, losses, sharding, step, storage
 from sgan_jax.state import create_train_state
 
 FLAGS = flags.FLAGS
@@ -225,8 +224,7 @@ def main(argv):
   for key, value in result.items():
     print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(result, f, indent=1)
+    storage.write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":

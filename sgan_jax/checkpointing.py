@@ -10,14 +10,16 @@ What survives what:
   or config, raises `CheckpointError` naming it and the first mismatching
   array; nothing is silently re-initialised.
 Checkpoints are arrays and JSON metadata (TensorStore), never pickles. The
-static `StepSpec` is not saved: the config defines it.
+static `StepSpec` is not saved: the config defines it. The workdir may be a
+local path or a cloud-storage URL (`sgan_jax.storage`).
 """
-import os
+import importlib.util
 
 import flax
 import jax
 import orbax.checkpoint as ocp
 
+from sgan_jax import storage
 from sgan_jax.utils import path_names
 
 
@@ -32,9 +34,16 @@ class Checkpointer:
   writing anything.
   """
 
-  def __init__(self, workdir: str, max_to_keep: int, read_only: bool = False):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if read_only and not os.path.isdir(self.directory):
+  def __init__(self, workdir: storage.PathLike, max_to_keep: int,
+               read_only: bool = False):
+    self.directory = storage.path(workdir) / "checkpoints"
+    if (str(self.directory).startswith("gs://")
+        and importlib.util.find_spec("google.cloud.storage") is None):
+      # Orbax asks the GCS client about the bucket's layout.
+      raise CheckpointError(
+          f"checkpoints in {self.directory} need the google-cloud-storage "
+          f"package: pip install 'sgan_jax[gcs]' (or google-cloud-storage)")
+    if read_only and not self.directory.is_dir():
       raise CheckpointError(f"no checkpoints directory at {self.directory}")
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -71,7 +80,7 @@ class Checkpointer:
 
   def check_compatible(self, target, step: int):
     """Raises CheckpointError unless checkpoint `step` fits `target`'s arrays."""
-    where = os.path.join(self.directory, str(step))
+    where = self.directory / str(step)
     try:
       saved = path_names(self._manager.item_metadata(step))
     except Exception as e:
@@ -104,7 +113,7 @@ class Checkpointer:
       tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:
       raise CheckpointError(
-          f"checkpoint {os.path.join(self.directory, str(step))} could not be "
+          f"checkpoint {self.directory / str(step)} could not be "
           f"read (corrupt or truncated file?): {type(e).__name__}: {e}") from e
     return flax.serialization.from_state_dict(target, tree)
 

@@ -10,6 +10,8 @@ from typing import Dict, Type
 from absl import flags, logging
 from ml_collections import config_flags
 
+from sgan_jax import config_lib
+
 # Exit codes: 2 for a user error (fix the command, the config or the data),
 # 3 for a run that stopped (every checkpoint on disk is complete and finite).
 USER_ERROR = 2
@@ -18,7 +20,10 @@ RUN_STOPPED = 3
 
 def parse_flags(argv):
   """absl's parser (`app.run(main, flags_parser=parse_flags)`), with bad
-  config overrides and flags reported in one line, exit code 2."""
+  config overrides and flags reported in one line, exit code 2. A
+  `--config=NAME` naming a packaged config (`cifar10`, `digits`, ...) rather
+  than a file is read from the package."""
+  argv = [_packaged_config(a) for a in argv]
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -26,6 +31,15 @@ def parse_flags(argv):
   except (flags.Error, TypeError, ValueError) as e:
     _fail(f"bad command line: {e}\n(see --helpfull for the flags; "
           f"config fields are listed in README.md)", USER_ERROR)
+
+
+def _packaged_config(arg: str) -> str:
+  if not arg.startswith("--config="):
+    return arg
+  try:
+    return "--config=" + config_lib.config_file(arg[len("--config="):])
+  except FileNotFoundError as e:
+    _fail(str(e), USER_ERROR)
 
 
 def define_config_overrides(name: str, default, help_string: str):

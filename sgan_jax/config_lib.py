@@ -1,13 +1,19 @@
 """The reference configuration (docs/method.md §5) that every file in
-`configs/` starts from, and loading of config files by path.
+`configs/` starts from; loading config files by path or by name; validation;
+and the configs a run keeps in its workdir.
 
 Config files are Python and are *executed* when loaded: only load files you
-trust.
+trust. A workdir's configs are JSON, and are validated when read.
 """
+import importlib.resources
 import importlib.util
+import json
 import os
+import re
 
 import ml_collections
+
+from sgan_jax import storage
 
 from sgan_jax.models import discriminator, generator, layers
 
@@ -78,14 +84,71 @@ def reference_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-  """Executes the config file at `path` and returns its `get_config()`."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file not found: {path}")
+def packaged_configs():
+  """{name: path} of the config files shipped with the package (the
+  repository's `configs/`, installed as `sgan_jax.configs`)."""
+  folder = importlib.resources.files("sgan_jax.configs")
+  return {f.name[:-3]: str(f) for f in folder.iterdir()
+          if f.name.endswith(".py") and not f.name.startswith("_")}
+
+
+def config_file(path_or_name: str) -> str:
+  """The config file `path_or_name` names: a path, or the name of a packaged
+  config (`cifar10`, `digits`, ...)."""
+  if os.path.isfile(path_or_name):
+    return path_or_name
+  packaged = packaged_configs()
+  if path_or_name in packaged:
+    return packaged[path_or_name]
+  raise FileNotFoundError(f"config file not found: {path_or_name} (neither a "
+                          f"file nor a packaged config: {', '.join(sorted(packaged))})")
+
+
+def load_config(path_or_name: str) -> ml_collections.ConfigDict:
+  """Executes a config file (a path or a packaged config's name, see
+  `config_file`) and returns its `get_config()`."""
+  path = config_file(path_or_name)
   spec = importlib.util.spec_from_file_location("_sgan_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+# ------------------------------------------------------ configs of a workdir
+
+FIRST_CONFIG = "config.json"
+_RESUME_CONFIG = re.compile(r"config_resume_(\d+)\.json")
+
+
+def write_run_config(config, workdir: storage.PathLike, start_step: int):
+  """Keeps the config of this start of a run: `config.json` at the first
+  start, `config_resume_<step>.json` at a start that resumes at `step`.
+  Written atomically; returns the path."""
+  first = storage.path(workdir) / FIRST_CONFIG
+  p = first if not first.exists() else first.parent / f"config_resume_{start_step}.json"
+  storage.write_text(p, config.to_json(indent=2))
+  return p
+
+
+def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
+  """The config of the newest start of the run in `workdir`, validated.
+  Raises ConfigError, in one line, for a missing, unreadable or invalid one."""
+  folder = storage.path(workdir)
+  resumes = [(int(m.group(1)), p) for p in folder.glob("config_resume_*.json")
+             if (m := _RESUME_CONFIG.fullmatch(p.name))]
+  p = max(resumes)[1] if resumes else folder / FIRST_CONFIG
+  if not p.exists():
+    raise ConfigError(f"{folder} has no {FIRST_CONFIG}: is it a training workdir?")
+  try:
+    config = ml_collections.ConfigDict(json.loads(p.read_text()))
+  except (ValueError, TypeError) as e:   # JSONDecodeError is a ValueError
+    raise ConfigError(f"{p} is not a valid config ({type(e).__name__}: {e}); "
+                      f"restore it, or evaluate with another workdir") from None
+  try:
+    validate(config)
+  except ConfigError as e:
+    raise ConfigError(f"{p}: {e}") from None
+  return config
 
 
 class ConfigError(ValueError):

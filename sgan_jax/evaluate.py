@@ -3,17 +3,17 @@
 `python -m sgan_jax.evaluate --workdir=DIR [--step=N] [--output_dir=OUT]
  [--config.eval.knn_k=20]`
 
-Reads DIR's `config.json`, applies the `--config.*` overrides, restores the
-checkpoint read-only (`evaluation.evaluate_checkpoint`), prints the table and
-writes `eval_<step>.json` to OUT (default: DIR).
+Reads the config DIR's run was last started with (`config.json`, or the
+newest `config_resume_<step>.json`), validated; applies the `--config.*`
+overrides; restores the checkpoint read-only (`evaluation.evaluate_checkpoint`),
+prints the table and writes `eval_<step>.json` to OUT (default: DIR). DIR and
+OUT may be cloud-storage URLs.
 """
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402  (after the TF log level)
-import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from sgan_jax import (checkpointing, cli, config_lib, evaluation,  # noqa: E402
@@ -39,11 +39,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
-  with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.update_from_flattened_dict(
-      config_flags.get_override_values(FLAGS["config"]))
   with cli.exit_on(ERRORS):
+    config = config_lib.read_run_config(FLAGS.workdir)
+    config.update_from_flattened_dict(
+        config_flags.get_override_values(FLAGS["config"]))
+    config_lib.validate(config)
     step, results = evaluation.evaluate_checkpoint(
         config, FLAGS.workdir, FLAGS.step, FLAGS.output_dir)
   print(evaluation.format_table(results))

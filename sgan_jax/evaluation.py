@@ -12,17 +12,15 @@ Features: `backbone` (h), `embedding` (raw e) and `pixels`. Metrics are
 measured on the test split; the k-NN bank and the probe use the train split.
 """
 import functools
-import json
-import os
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax import checkpointing, evaluators, input_pipeline, sharding
+from sgan_jax import checkpointing, evaluators, input_pipeline, sharding, storage
 from sgan_jax.state import StepSpec, abstract_train_state, init_discriminator
 
 MODELS = ("d_ema", "d", "random_init", "raw_pixels")
@@ -43,16 +41,23 @@ def random_init_params(spec: StepSpec, seed: int, mesh):
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
 
 
-def extract_features(spec, named_params: Dict, config, builder, split, mesh):
+def _keep_going():
+  """The default stop check: never stops."""
+
+
+def extract_features(spec, named_params: Dict, config, builder, split, mesh,
+                     check_stop: Callable[[], None] = _keep_going):
   """Features of every image of `split`, for each model in `named_params`.
 
   Returns `(labels [N], pixels [N, H*W*3], {model: {"backbone", "embedding",
   "probe_pred"}})`. Batches are padded to a fixed size and the padding rows
-  are dropped by their mask, so no image is ever skipped.
+  are dropped by their mask, so no image is ever skipped. `check_stop()` runs
+  before every batch (it raises to abandon the extraction).
   """
   bs = config.eval.batch_size
   labels, pixels, feats = [], [], {m: {} for m in named_params}
   for batch in input_pipeline.eval_dataset(config, builder, split, bs).as_numpy_iterator():
+    check_stop()
     full = input_pipeline.pad_to_full_batch(batch, bs)
     mask = full["mask"]
     images = sharding.to_global(sharding.process_rows(
@@ -69,10 +74,12 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh):
 
 
 def run_evaluators(config, train_split, test_split, models=MODELS,
-                   include=None) -> Dict[str, float]:
+                   include=None, check_stop: Callable[[], None] = _keep_going
+                   ) -> Dict[str, float]:
   """Scores features; `train_split`/`test_split` are `extract_features` results.
 
-  `include` optionally restricts the models evaluated (to reuse cached baselines).
+  `include` optionally restricts the models evaluated (to reuse cached
+  baselines); `check_stop()` runs before every evaluator.
   """
   (y_train, pixels_train, feats_train), (y_test, pixels_test, feats_test) = (
       train_split, test_split)
@@ -92,6 +99,7 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
             np.mean(feats_test[model]["probe_pred"] == y_test))
     for feature, (train_x, test_x) in sets.items():
       for name in names:
+        check_stop()
         scores = evaluators.get(name)((train_x, y_train), (test_x, y_test), n_cls,
                                       config.eval)
         out.update({f"{model}/{feature}/{name}/{k}": v for k, v in scores.items()})
@@ -114,32 +122,32 @@ def format_table(results: Dict[str, float]) -> str:
   return "\n".join(lines)
 
 
-def results_path(workdir: str, step: int) -> str:
-  return os.path.join(workdir, f"eval_{step}.json")
+def results_path(workdir: storage.PathLike, step: int):
+  return storage.path(workdir) / f"eval_{step}.json"
 
 
-def write_json(results: Dict[str, float], workdir: str, step: int) -> str:
+def write_json(results: Dict[str, float], workdir: storage.PathLike, step: int):
   path = results_path(workdir, step)
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1, sort_keys=True)
+    storage.write_json(path, results)
   return path
 
 
-def read_json(workdir: str, step: int) -> Optional[Dict[str, float]]:
+def read_json(workdir: storage.PathLike, step: int) -> Optional[Dict[str, float]]:
   """The results of `eval_<step>.json` in `workdir`, or None if there is none."""
   path = results_path(workdir, step)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path) if storage.exists(path) else None
 
 
 class TrainingEvaluator:
-  """Evaluation during training; the baselines are computed once and cached."""
+  """Evaluation during training; the baselines are computed once and cached.
+  `check_stop` (e.g. `guards.StopSignals.raise_if_requested`) runs between
+  batches and evaluators, to abandon an evaluation when a stop is requested."""
 
-  def __init__(self, config, builder, mesh, workdir: str):
+  def __init__(self, config, builder, mesh, workdir: storage.PathLike,
+               check_stop: Callable[[], None] = _keep_going):
     self.config, self.builder, self.mesh, self.workdir = config, builder, mesh, workdir
+    self.check_stop = check_stop
     self._baseline: Optional[Dict[str, float]] = None
     self.last_table = ""
 
@@ -150,10 +158,11 @@ class TrainingEvaluator:
       named["random_init"] = random_init_params(state.spec, self.config.seed,
                                                 self.mesh)
     splits = [extract_features(state.spec, named, self.config, self.builder, s,
-                               self.mesh)
+                               self.mesh, self.check_stop)
               for s in (self.config.train_split, self.config.test_split)]
     include = None if self._baseline is None else ("d_ema", "d")
-    results = run_evaluators(self.config, *splits, include=include)
+    results = run_evaluators(self.config, *splits, include=include,
+                             check_stop=self.check_stop)
     if self._baseline is None:
       self._baseline = {k: v for k, v in results.items()
                         if k.split("/")[0] in ("random_init", "raw_pixels")}
@@ -167,8 +176,8 @@ class TrainingEvaluator:
     return results
 
 
-def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
-                        output_dir: Optional[str] = None):
+def evaluate_checkpoint(config, workdir: storage.PathLike, step: Optional[int] = None,
+                        output_dir: Optional[storage.PathLike] = None):
   """Restores `workdir`'s checkpoint (newest by default, read-only) and
   evaluates it; `eval_<step>.json` goes to `output_dir` (default: workdir).
 
@@ -180,7 +189,6 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
   step = ckpt.latest_step() if step is None else step
   state = ckpt.restore(abstract_train_state(config, mesh), step)
   ckpt.close()
-  output_dir = output_dir or workdir
-  os.makedirs(output_dir, exist_ok=True)
+  output_dir = storage.makedirs(output_dir or workdir)
   evaluator = TrainingEvaluator(config, builder, mesh, output_dir)
   return int(state.step), evaluator(state, int(state.step))

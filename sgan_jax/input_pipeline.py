@@ -8,18 +8,25 @@ import socket
 from typing import Dict, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import tensorflow as tf
+try:
+  import tensorflow as tf
+except ImportError as e:   # the package does not force a TensorFlow build
+  raise ImportError(
+      "sgan_jax's input pipeline needs TensorFlow: `pip install "
+      "'sgan_jax[tf]'` (tensorflow-cpu), or keep the tensorflow your image "
+      "(Colab, TPU VM) already has") from e
 import tensorflow_datasets as tfds
 
 from sgan_jax import config_lib, sharding
-from sgan_jax import datasets as _project_datasets  # registers them with TFDS
+from sgan_jax import datasets  # importing it registers the project datasets with TFDS
 
 # TensorFlow only feeds data: it must never take GPU memory from JAX.
 tf.config.set_visible_devices([], "GPU")
 
-PROJECT_DATASETS = frozenset(["sklearn_digits"])
+PROJECT_DATASETS = frozenset([datasets.SklearnDigits.name])
 # Splits up to this size are cached decoded in host memory (CIFAR's train
 # split fits).
 _CACHE_BYTES = 2 << 30
@@ -40,18 +47,18 @@ def _can_download() -> bool:
     return False
 
 
-def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The dataset's TFDS builder, prepared (built or downloaded) if need be."""
-  data_dir = config.data_dir or None
+def _builder(config) -> tfds.core.DatasetBuilder:
   try:
-    builder = tfds.builder(config.dataset, data_dir=data_dir)
+    return tfds.builder(config.dataset, data_dir=config.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
     raise config_lib.ConfigError(
         f"unknown dataset '{config.dataset}': neither a TFDS dataset nor one of "
         f"this project's ({', '.join(sorted(PROJECT_DATASETS))}); "
         f"`tfds.list_builders()` lists TFDS's") from None
-  if builder.is_prepared():
-    return builder
+
+
+def _prepare(builder, config):
+  """Builds or downloads the dataset into its data_dir."""
   name = config.dataset.split("/")[0]
   if name not in PROJECT_DATASETS and not _can_download():
     where = config.data_dir or tfds.core.constants.DATA_DIR
@@ -67,7 +74,35 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     raise DatasetUnavailableError(
         f"could not prepare dataset '{config.dataset}' in data_dir "
         f"'{builder.data_dir}': {e}") from e
-  return builder
+
+
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The dataset's TFDS builder, prepared (built or downloaded) if need be.
+
+  In a run of several processes only process 0 prepares the dataset (they
+  share the data_dir; concurrent builds would race on TFDS's final rename);
+  the others wait for it, and fail with it.
+  """
+  builder = _builder(config)
+  if builder.is_prepared():
+    return builder
+  if jax.process_count() == 1:
+    _prepare(builder, config)
+    return builder
+  error = None
+  if jax.process_index() == 0:
+    try:
+      _prepare(builder, config)
+    except (DatasetUnavailableError, config_lib.ConfigError) as e:
+      error = e
+  prepared = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+  if error is not None:
+    raise error
+  if not prepared:
+    raise DatasetUnavailableError(
+        f"process 0 could not prepare dataset '{config.dataset}' (its log says "
+        f"why); this process waited for it")
+  return _builder(config)   # now sees the prepared files
 
 
 def _select(ds, config):
@@ -118,6 +153,11 @@ def center_resize(image, size: int):
 def _options():
   options = tf.data.Options()
   options.deterministic = True
+  # No autotuning thread: destroying an iterator waits for it, and on a busy
+  # host (the step using every core) that took 5-40 s, which a stop request
+  # (a preemption notice) cannot afford. AUTOTUNE parallelism then uses the
+  # host's cores; docs/benchmarks.md has the rates with and without it.
+  options.autotune.enabled = False
   options.threading.private_threadpool_size = max(2, os.cpu_count() or 2)
   return options
 

@@ -46,8 +46,12 @@ def main(argv):
                                   FLAGS.process_id, FLAGS.distributed)
   logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                jax.process_count(), jax.devices())
-  with cli.exit_on(ERRORS):
-    state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    with cli.exit_on(ERRORS):
+      state = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except guards.StopRequested as e:
+    logging.warning("%s before the first step: nothing new to save; exiting.", e)
+    return
   step = int(state.step)
   results = evaluation.read_json(FLAGS.workdir, step)
   if jax.process_index() == 0 and results is not None:

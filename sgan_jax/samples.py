@@ -1,11 +1,12 @@
 """Sample grids from G_ema, as PNG files and TensorBoard images."""
 import functools
-import os
+import io
 
 import jax
 import numpy as np
 from PIL import Image
 
+from sgan_jax import storage
 from sgan_jax.state import StepSpec
 from sgan_jax.step import generate
 
@@ -38,17 +39,23 @@ def make_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
   return grid
 
 
-def save_samples(state, z, workdir: str, logger=None) -> str:
+def samples_path(workdir: storage.PathLike, step: int):
+  return storage.path(workdir) / "samples" / f"samples_{step:07d}.png"
+
+
+def save_samples(state, z, workdir: storage.PathLike, logger=None):
   """Writes G_ema(z) as `workdir/samples/samples_<step>.png`; returns the path."""
   images = jax.device_get(generate_ema(state.spec, state.g_ema_params,
                                         state.g_state, z))
   grid = make_grid(images)
   step = int(state.step)
-  path = os.path.join(workdir, "samples", f"samples_{step:07d}.png")
+  path = samples_path(workdir, step)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    storage.makedirs(path.parent)
+    png = io.BytesIO()
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2),
-                                 Image.NEAREST).save(path)
+                                 Image.NEAREST).save(png, "PNG")
+    storage.write_bytes(path, png.getvalue())
   if logger is not None:
     logger.images(step, {"samples": grid[None]})
   return path

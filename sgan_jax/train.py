@@ -7,7 +7,6 @@ evaluates D's features (`sgan_jax.evaluation`). Stop signals and non-finite
 values are handled as `sgan_jax.guards` describes: nothing non-finite is ever
 saved, and a stop request ends the run with a checkpoint.
 """
-import os
 import time
 
 from absl import logging
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from sgan_jax import (checkpointing, config_lib, evaluation, guards,
-                      input_pipeline, metric_io, samples, sharding)
+                      input_pipeline, metric_io, samples, sharding, storage)
 from sgan_jax.state import TrainState, abstract_train_state, create_train_state
 from sgan_jax.step import make_train_step
 
@@ -39,87 +38,93 @@ def _due(step, every, total):
   return step % every == 0 or step == total
 
 
-def _write_config(config, workdir):
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: storage.PathLike) -> TrainState:
+  """Trains `config` in `workdir` (a local path or a cloud-storage URL),
+  resuming from its newest checkpoint.
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
-                       ) -> TrainState:
-  """Trains `config` in `workdir`, resuming from its newest checkpoint.
-
-  Writes `config.json`, `checkpoints/<step>`, `metrics.jsonl`, TensorBoard
-  events, `samples/samples_<step>.png` and `eval_<step>.json` (evaluation
-  every `eval_every_steps` and at the end) into `workdir`. Stops early, with
-  a checkpoint, on SIGTERM/SIGINT; never saves a non-finite state (see
-  `guards`). Returns the final state.
+  Writes the run's configs (`config.json`, `config_resume_<step>.json`),
+  `checkpoints/<step>`, `metrics.jsonl`, TensorBoard events,
+  `samples/samples_<step>.png` and `eval_<step>.json` (evaluation every
+  `eval_every_steps` and at the end) into `workdir`. Stops early, with a
+  checkpoint, on SIGTERM/SIGINT; never saves a non-finite state (see
+  `guards`). Returns the final state; raises `guards.StopRequested` when a
+  stop comes before the first step (nothing new to save).
   """
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
-  builder = input_pipeline.get_builder(config)   # fails fast if unavailable
-  os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  logger = metric_io.MetricsLogger(workdir)
-  trainer = _Trainer(config, workdir, mesh, builder, ckpt, logger)
-  try:
-    state = _train_with_rollbacks(config, mesh, ckpt, trainer)
-  except BaseException:
-    # Report the first error; one from closing (e.g. the same full disk
-    # failing the save in flight) would only hide it.
-    for closer in (ckpt.close, logger.close):
-      try:
-        closer()
-      except Exception as e:  # pylint: disable=broad-except
-        logging.error("while stopping: %s", e)
-    raise
-  ckpt.close()
-  logger.close()
+  with guards.StopSignals() as stop:
+    builder = input_pipeline.get_builder(config)   # fails fast if unavailable
+    stop.raise_if_requested("while preparing the dataset")
+    storage.makedirs(workdir)
+    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+    if jax.process_index() == 0:
+      config_lib.write_run_config(config, workdir, ckpt.latest_step() or 0)
+    logger = metric_io.MetricsLogger(workdir)
+    trainer = _Trainer(config, workdir, mesh, builder, ckpt, logger, stop)
+    try:
+      state = _train_with_rollbacks(config, mesh, trainer)
+    except BaseException:
+      # Report the first error; one from closing (e.g. the same full disk
+      # failing the save in flight) would only hide it.
+      for closer in (ckpt.close, logger.close):
+        try:
+          closer()
+        except Exception as e:  # pylint: disable=broad-except
+          logging.error("while stopping: %s", e)
+      raise
+    ckpt.close()
+    logger.close()
   return state
 
 
-def _train_with_rollbacks(config, mesh, ckpt, trainer) -> TrainState:
+def _train_with_rollbacks(config, mesh, trainer) -> TrainState:
   """Resume or start, train; on a non-finite step, roll back if allowed."""
-  rollbacks_left = config.nonfinite_rollbacks
-  with guards.StopSignals() as stop:
-    while True:
-      if ckpt.latest_step() is not None:
-        state = ckpt.restore(abstract_train_state(config, mesh))
-        logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
-      else:
-        state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
-      try:
-        return trainer.run(state, stop)
-      except guards.NonFiniteError as e:
-        if rollbacks_left <= 0:
-          raise
-        rollbacks_left -= 1
-        trainer.skip_steps.add(e.step)
-        ckpt.wait()   # the last good checkpoint may still be being written
-        logging.warning("%s\nRolling back to the last checkpoint and skipping "
-                        "the batch of step %d (%d rollbacks left).",
-                        e, e.step, rollbacks_left)
+  rollbacks_left, ckpt = config.nonfinite_rollbacks, trainer.ckpt
+  while True:
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(abstract_train_state(config, mesh))
+      logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+    else:
+      state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
+    trainer.logger.resume_at(int(state.step))
+    trainer.stop.raise_if_requested("while starting")
+    try:
+      return trainer.run(state)
+    except guards.NonFiniteError as e:
+      if rollbacks_left <= 0:
+        raise
+      rollbacks_left -= 1
+      trainer.skip_steps.add(e.step)
+      ckpt.wait()   # the last good checkpoint may still be being written
+      logging.warning("%s\nRolling back to the last checkpoint and skipping "
+                      "the batch of step %d (%d rollbacks left).",
+                      e, e.step, rollbacks_left)
 
 
 class _Trainer:
   """The loop body: steps, and the periodic logging, samples, checkpoints and
   evaluation, with every check done before anything is written."""
 
-  def __init__(self, config, workdir, mesh, builder, ckpt, logger):
+  def __init__(self, config, workdir, mesh, builder, ckpt, logger, stop):
     self.config, self.workdir, self.mesh, self.builder = config, workdir, mesh, builder
-    self.ckpt, self.logger = ckpt, logger
+    self.ckpt, self.logger, self.stop = ckpt, logger, stop
     self.train_step = make_train_step(mesh)
-    self.evaluate = evaluation.TrainingEvaluator(config, builder, mesh, workdir)
+    self.evaluate = evaluation.TrainingEvaluator(config, builder, mesh, workdir,
+                                                 stop.raise_if_requested)
     self.skip_steps = set()   # steps whose batch is skipped after a rollback
 
-  def run(self, state: TrainState, stop: guards.StopSignals) -> TrainState:
+  def run(self, state: TrainState) -> TrainState:
     config, total = self.config, self.config.num_train_steps
     start = int(state.step)
+    sample_z = samples.fixed_latents(state.spec, config.seed)
+    try:
+      self._catch_up(state, sample_z)
+    except guards.StopRequested:
+      return self._stop(state, saved=True)
     if start >= total:
       logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)
     batches = input_pipeline.train_iterator(config, self.builder, self.mesh, start)
-    sample_z = samples.fixed_latents(state.spec, config.seed)
     self._pending, unchecked = [], []
     self._t0, self._last_logged = time.time(), start
     for step in range(start + 1, total + 1):
@@ -134,7 +139,7 @@ class _Trainer:
         self._t0, self._last_logged = time.time(), step
       due = {k: _due(step, config[f"{k}_every_steps"], total)
              for k in ("log", "sample", "checkpoint", "eval")}
-      stopping = stop.requested is not None
+      stopping = self.stop.check()
       if any(due.values()) or stopping:
         bad = guards.first_nonfinite(unchecked)
         if bad is not None:
@@ -144,17 +149,39 @@ class _Trainer:
         self._log(step, total)
       if due["sample"]:
         samples.save_samples(state, sample_z, self.workdir, self.logger)
-      if due["checkpoint"] or stopping:
-        self.ckpt.save(state, force=stopping)
+      if due["checkpoint"]:
+        self.ckpt.save(state)
       if stopping:
-        self.ckpt.wait()
-        logging.warning("%s received: saved checkpoint %d in %s; exiting.",
-                        stop.requested, step, self.ckpt.directory)
-        return state
+        return self._stop(state, saved=due["checkpoint"])
       if due["eval"]:
-        self.evaluate(state, step, self.logger)
+        try:
+          self.evaluate(state, step, self.logger)
+        except guards.StopRequested:
+          return self._stop(state, saved=due["checkpoint"])
     self.ckpt.wait()
     self.logger.flush()
+    return state
+
+  def _catch_up(self, state, sample_z):
+    """At a (re)start: the sample grid and evaluation due at the restored step
+    that the previous run did not finish (e.g. killed during the final
+    evaluation)."""
+    step, total = int(state.step), self.config.num_train_steps
+    due = lambda kind: step > 0 and _due(step, self.config[f"{kind}_every_steps"], total)
+    if due("sample") and not storage.exists(samples.samples_path(self.workdir, step)):
+      samples.save_samples(state, sample_z, self.workdir, self.logger)
+    if due("eval") and evaluation.read_json(self.workdir, step) is None:
+      logging.info("Evaluating the restored step %d (its evaluation did not finish).", step)
+      self.evaluate(state, step, self.logger)
+
+  def _stop(self, state: TrainState, saved: bool) -> TrainState:
+    """Ends the run on a stop request, with `state` saved."""
+    step = int(state.step)
+    if not saved:
+      self.ckpt.save(state, force=True)
+    self.ckpt.wait()
+    logging.warning("%s received: saved checkpoint %d in %s; exiting.",
+                    self.stop.requested, step, self.ckpt.directory)
     return state
 
   def _log(self, step: int, total: int):

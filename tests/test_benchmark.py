@@ -45,8 +45,11 @@ def test_benchmark_reports_every_field(tiny_digits):
   assert result["step_flops"] > result["d_phase_flops"] > result["d_phase_no_jacobian_flops"]
   assert result["step_flops"] > result["plain_step_flops"]
   for key in ("compile_s", "step_time_median_s", "images_per_s", "achieved_flops_per_s",
-              "structural_overhead", "jacobian_share_of_d_phase",
-              "matmul_peak_fp32_flops_per_s", "fraction_of_fp32_peak",
-              "pipeline_images_per_s", "pipeline_to_step_ratio"):
+              "structural_overhead", "matmul_peak_fp32_flops_per_s",
+              "fraction_of_fp32_peak", "pipeline_images_per_s", "pipeline_to_step_ratio"):
     assert isinstance(result[key], float) and result[key] > 0, key
+  # A difference of two timings: its sign depends on the machine's load (it
+  # went negative on a busy machine), so only its definition is checked.
+  assert result["jacobian_share_of_d_phase"] == pytest.approx(
+      1 - result["d_phase_no_jacobian_time_s"] / result["d_phase_time_s"])
   assert result["backend"] == "cpu" and result["global_batch_size"] == 8

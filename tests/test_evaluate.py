@@ -141,3 +141,13 @@ def test_evaluate_cli_reports_a_bad_override_in_one_line(tmp_path, root):
   assert out.returncode == 2
   assert "error: unknown config field 'no_such_field'" in out.stderr, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
+
+
+def test_evaluate_cli_refuses_a_truncated_workdir_config_in_one_line(tmp_path, root):
+  (tmp_path / "config.json").write_text('{"dataset": "sklearn_dig')
+  out = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate", f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+  assert out.returncode == 2
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "config.json is not a valid config" in errors[0], out.stderr
+  assert "Traceback" not in out.stderr

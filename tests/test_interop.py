@@ -223,3 +223,24 @@ def test_reference_checkpoint_file_loads_exactly(tmp_path, reference_state):
   back = pytorch.state_from_torch(loaded, reference_state)
   for field in ("d_params", "d_ema_params", "g_params", "g_ema_params", "g_state", "queue_emb"):
     assert _equal_trees(getattr(back, field), getattr(reference_state, field)), field
+
+
+class _RunsCode:
+  """Unpickling this calls os.system: what a hostile checkpoint could do."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not _HAVE_TORCH, reason="needs torch (pip install -e '.[interop]')")
+def test_a_checkpoint_that_would_run_code_is_refused_not_executed(tmp_path):
+  import torch
+  marker = tmp_path / "ran"
+  torch.save({"state_dict_D": {}, "payload": _RunsCode(str(marker))}, tmp_path / "bad.pth.tar")
+  with pytest.raises(pytorch.ConversionError, match="it could run code"):
+    pytorch.load_reference_checkpoint(str(tmp_path / "bad.pth.tar"))
+  assert not marker.exists()

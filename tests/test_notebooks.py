@@ -7,13 +7,10 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow   # a kernel that trains; see .ci/run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def execute(name, parameters, cwd):
+def execute(root, name, parameters, cwd):
   """Runs notebooks/<name> with a cell of `parameters` after its parameter
   cell (as papermill does); any failing cell raises."""
-  nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+  nb = nbformat.read(os.path.join(root, "notebooks", name), as_version=4)
   index = next(i for i, c in enumerate(nb.cells)
                if "parameters" in c.metadata.get("tags", []))
   source = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
@@ -33,10 +30,10 @@ def images_shown(nb):
              if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def test_colab_then_explore_notebooks(tmp_path):
+def test_colab_then_explore_notebooks(tmp_path, root):
   workdir = str(tmp_path / "run")
-  colab = execute("colab_tpu.ipynb", {
-      "REPO_DIR": ROOT, "CONFIG": "configs/tiny.py", "WORKDIR": workdir,
+  colab = execute(root, "colab_tpu.ipynb", {
+      "CONFIG": "tiny", "WORKDIR": workdir,
       "REQUIRE_TPU": False,
       "OVERRIDES": {"dataset": "sklearn_digits", "data_dir": str(tmp_path / "tfds"),
                     "eval.knn_k": 20}}, str(tmp_path))
@@ -44,7 +41,7 @@ def test_colab_then_explore_notebooks(tmp_path):
   assert "finished at step 4" in text
   assert "raw_pixels" in text and "d_ema" in text   # the evaluation table
   assert images_shown(colab) >= 2                   # samples and losses
-  explore = execute("explore.ipynb", {"WORKDIR": workdir, "NUM_QUERIES": 4},
+  explore = execute(root, "explore.ipynb", {"WORKDIR": workdir, "NUM_QUERIES": 4},
                     str(tmp_path))
   assert "checkpoint step 4" in outputs_text(explore)
   assert images_shown(explore) == 3   # samples, retrieval grid, projection

@@ -1,4 +1,5 @@
 """Faults never lose or corrupt a good checkpoint (issue 6; README "Guarantees")."""
+import json
 import logging
 import os
 import signal
@@ -66,6 +67,45 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes(tmp_path, tiny_digits,
   assert "Resumed from" in caplog.text and "at step 3" in caplog.text
 
 
+def test_sigterm_during_evaluation_stops_within_seconds_and_a_rerun_evaluates(
+    tmp_path, tiny_digits, monkeypatch, caplog):
+  """The final evaluation is abandoned at its next check point (the
+  checkpoint of the step is kept); a re-run runs the missing evaluation."""
+  caplog.set_level(logging.INFO)
+  real = evaluation.extract_features
+  sent = []
+
+  def extract_then_signal(*args, **kwargs):
+    if not sent:   # the first extraction of the evaluation: a signal arrives
+      sent.append(time.time())
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(evaluation, "extract_features", extract_then_signal)
+  config = tiny_digits(num_train_steps=2)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  stopped_after = time.time() - sent[0]
+  assert int(state.step) == 2 and stopped_after < 5, stopped_after
+  assert "SIGTERM received: saved checkpoint 2" in caplog.text
+  assert not os.path.exists(tmp_path / "eval_2.json")
+  assert int(restore_latest(config, str(tmp_path)).step) == 2
+  monkeypatch.undo()
+  train.train_and_evaluate(config, str(tmp_path))   # the re-run: nothing to train
+  assert "Evaluating the restored step 2" in caplog.text
+  assert os.path.exists(tmp_path / "eval_2.json")
+
+
+def test_a_stop_during_start_up_exits_before_training(tmp_path, tiny_digits, monkeypatch):
+  real = train.create_train_state
+
+  def create_then_signal(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(train, "create_train_state", create_then_signal)
+  with pytest.raises(guards.StopRequested, match="SIGTERM received while starting"):
+    train.train_and_evaluate(tiny_digits(num_train_steps=2), str(tmp_path))
+  assert not os.listdir(tmp_path / "checkpoints")
+
+
 def _main(root, workdir, digits_dir, *flags):
   return [sys.executable, "-m", "sgan_jax.main", f"--config={root}/configs/tiny.py",
           f"--workdir={workdir}", "--config.dataset=sklearn_digits",
@@ -130,6 +170,10 @@ def test_kill_9_resumes_from_the_newest_complete_checkpoint_bit_identically(
   final = restore_latest(tiny_digits(), workdir)
   assert int(final.step) == steps
   jax.tree.map(np.testing.assert_array_equal, final, reference)
+  # The log survived the kill: whole lines, every step once, in order.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    train_steps = [json.loads(line)["step"] for line in f if '"d/loss"' in line]
+  assert train_steps == list(range(1, steps + 1)), train_steps
 
 
 # ------------------------------------------------------------- non-finite

@@ -1,9 +1,13 @@
 """Scale-out: 8 devices vs 1, checkpoints across device counts, two processes."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -78,3 +82,81 @@ def test_two_processes_hold_identical_parameters_equal_to_one(tmp_path, run_work
   for path in p0:
     np.testing.assert_array_equal(p0[path], p1[path], err_msg=path)  # exact agreement
   multidevice_worker.compare_arrays(p0, single, tiny_config().optim.g_lr, 3)
+
+
+# ------------------------------------------------------ coordinated stops
+
+def _cli_pair(root, workdir, data_dir, port, *flags):
+  """The training CLI as two processes of one run (one CPU device each)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = []
+  for i in range(2):
+    cmd = [sys.executable, "-m", "sgan_jax.main", "--config=tiny", f"--workdir={workdir}",
+           "--config.dataset=sklearn_digits", f"--config.data_dir={data_dir}",
+           "--config.log_every_steps=1", "--config.eval_every_steps=1000",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}", *flags]
+    procs.append(subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  logs = [[], []]
+  readers = [threading.Thread(target=lambda p=p, log=log: log.extend(p.stdout), daemon=True)
+             for p, log in zip(procs, logs)]
+  for r in readers:
+    r.start()
+  return procs, logs, readers
+
+
+def _finish_pair(procs, readers, timeout=600):
+  for p in procs:
+    p.wait(timeout=timeout)
+  for r in readers:
+    r.join(timeout=30)
+  return [p.returncode for p in procs]
+
+
+def _restore(workdir, config):
+  from sgan_jax import checkpointing, sharding
+  from sgan_jax.state import abstract_train_state
+  ckpt = checkpointing.Checkpointer(workdir, 3)
+  try:
+    return jax.device_get(ckpt.restore(abstract_train_state(config, sharding.make_mesh())))
+  finally:
+    ckpt.close()
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, root,
+                                                                     tiny_digits):
+  """One process is preempted; both save the same step and exit 0; both
+  restarted continue bit-identically. Only process 0 builds the dataset."""
+  stopped, data_dir = str(tmp_path / "stopped"), str(tmp_path / "fresh_tfds")
+  procs, logs, readers = _cli_pair(root, stopped, data_dir, _free_port(),
+                                   "--config.num_train_steps=1000",
+                                   "--config.checkpoint_every_steps=500")
+  deadline = time.time() + 600
+  while not all(any("step 3/" in l for l in list(log)) for log in logs):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), logs
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  assert _finish_pair(procs, readers) == [0, 0], ["".join(l[-30:]) for l in logs]
+  saved = []
+  for log in logs:
+    lines = [l for l in log if "received: saved checkpoint" in l]
+    assert len(lines) == 1, "".join(log[-30:])
+    saved.append(int(lines[0].split("saved checkpoint ")[1].split()[0]))
+  assert saved[0] == saved[1] >= 3, saved
+  building = ["Downloading and preparing dataset" in "".join(log) for log in logs]
+  assert building == [True, False]   # process 1 waited for process 0's build
+  final = saved[0] + 2
+  procs, logs, readers = _cli_pair(root, stopped, data_dir, _free_port(),
+                                   f"--config.num_train_steps={final}")
+  assert _finish_pair(procs, readers) == [0, 0], ["".join(l[-30:]) for l in logs]
+  assert all(f"at step {saved[0]}" in "".join(log) for log in logs)
+  straight = str(tmp_path / "straight")
+  procs, logs, readers = _cli_pair(root, straight, data_dir, _free_port(),
+                                   f"--config.num_train_steps={final}")
+  assert _finish_pair(procs, readers) == [0, 0], ["".join(l[-30:]) for l in logs]
+  config = tiny_digits()
+  resumed, uninterrupted = _restore(stopped, config), _restore(straight, config)
+  assert int(resumed.step) == int(uninterrupted.step) == final
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)

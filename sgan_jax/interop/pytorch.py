@@ -20,6 +20,7 @@ updates or uses; on export they are copies of G's.
 A DistributedDataParallel prefix `module.` is accepted on import. Every
 mismatch raises `ConversionError` naming the first offending key and shapes.
 """
+import pickle
 import re
 from typing import Any, Dict, Mapping, Tuple
 
@@ -273,6 +274,12 @@ def load_reference_checkpoint(path: str) -> Dict[str, StateDict]:
   except ImportError as e:
     raise ConversionError("reading a PyTorch checkpoint needs torch: "
                           "pip install -e '.[interop]'") from e
-  ckpt = torch.load(path, map_location="cpu", weights_only=False)
+  # weights_only: tensors, numbers and containers only; a pickle that would
+  # run code (or build any other object) is refused, not executed.
+  try:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise ConversionError(f"{path} holds more than tensors and plain values, "
+                          f"so it is not loaded (it could run code): {e}") from None
   return {k: {n: t.detach().cpu().numpy() for n, t in v.items()}
           for k, v in ckpt.items() if k.endswith(("state_dict_D", "state_dict_G"))}
