@@ -18,4 +18,6 @@ def get_config():
   c.model.g_ch = 4                  # G stage width 16, hidden 4
   c.model.g_depth = 1               # one (upsampling) block per stage
   c.model.z_dim = 16                # small latent
+  c.eval.c_grid = (0.01, 1.0)       # two candidate Cs for the linear models
+  c.eval.classifier_epochs = 2      # a quick classifier for G's metrics
   return c

@@ -12,6 +12,7 @@ import os
 import re
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from sgan_jax import storage
 
@@ -66,10 +67,20 @@ def reference_config() -> ml_collections.ConfigDict:
   e.knn_k = 200                  # k-NN neighbours (§6)
   e.knn_temperature = 0.1        # k-NN vote weights exp(sim / temperature)
   e.knn_chunk = 512              # test rows per similarity block
-  e.probe_epochs = 100           # linear probe: epochs over the train features
-  e.probe_batch_size = 256       # linear probe: minibatch
-  e.probe_lr = 1e-2              # linear probe: AdamW learning rate (constant)
-  e.probe_weight_decay = 1e-4    # linear probe: decoupled weight decay
+  # Linear probe and SVM: full-batch L-BFGS on standardised features,
+  # objective C * sum(loss) + |W|^2 / 2 (scikit-learn's C). None: C is chosen
+  # from c_grid on a held-out val_fraction of the train split.
+  e.linear_c = placeholder(float)  # softmax regression's C (None: chosen)
+  e.svm_c = placeholder(float)     # one-vs-rest squared-hinge SVM's C (None: chosen)
+  e.c_grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+  e.val_fraction = 0.2           # held-out part of the train split for choosing C
+  e.lbfgs_max_iters = 500        # L-BFGS iterations at most, per fit
+  e.lbfgs_tol = 1e-4             # ... or until the gradient norm is below this
+  e.generator_metrics = True     # G_ema's classifier_fd / classifier_score (§6)
+  e.classifier_epochs = 20       # ... epochs of the small classifier they use
+  e.inception_weights = ""        # pytorch-fid's pt_inception-*.pth; empty skips FID/IS
+  e.fid_num_samples = 10000      # G_ema images for FID/IS (the paper style: 50000)
+  e.fid_cache_dir = ""           # where train-split FID statistics are cached (""=workdir)
   e.kmeans_restarts = 5          # k-means++ restarts, lowest inertia kept
   e.kmeans_iters = 300           # k-means: at most this many Lloyd steps
 
@@ -140,10 +151,17 @@ def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
   if not p.exists():
     raise ConfigError(f"{folder} has no {FIRST_CONFIG}: is it a training workdir?")
   try:
-    config = ml_collections.ConfigDict(json.loads(p.read_text()))
+    stored = json.loads(p.read_text())
+    config = ml_collections.ConfigDict(stored)
   except (ValueError, TypeError) as e:   # JSONDecodeError is a ValueError
     raise ConfigError(f"{p} is not a valid config ({type(e).__name__}: {e}); "
                       f"restore it, or evaluate with another workdir") from None
+  if isinstance(stored.get("eval"), dict):
+    # The evaluation protocol may have changed since the run started: its
+    # settings take today's defaults where the run's config has none, and
+    # settings that no longer exist are dropped.
+    config.eval = reference_config().eval
+    config.eval.update({k: v for k, v in stored["eval"].items() if k in config.eval})
   try:
     validate(config)
   except ConfigError as e:
@@ -198,7 +216,15 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   positive.update({f"loss.{k}": v for k, v in config.loss.items()
                    if k.endswith("_weight")})
   positive.update({f"eval.{k}": v for k, v in config.eval.items()
-                   if k != "probe_weight_decay"})
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+  positive.update({f"eval.c_grid[{i}]": v for i, v in enumerate(config.eval.c_grid)})
+  weights = config.eval.inception_weights
+  if weights and not storage.exists(weights):
+    raise ConfigError(f"eval.inception_weights: no file at {weights}; give the path of "
+                      f"pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or '' to skip FID")
+  if not 0 < config.eval.val_fraction < 1:
+    raise ConfigError(f"eval.val_fraction must be in (0, 1), got "
+                      f"{config.eval.val_fraction}")
   if config.eval.batch_size % num_devices:
     raise ConfigError(f"eval.batch_size {config.eval.batch_size} must be "
                       f"divisible by the number of devices ({num_devices})")

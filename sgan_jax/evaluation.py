@@ -9,7 +9,8 @@ written as `eval_<step>.json` (see README).
 Models: `d_ema` and `d` (the checkpoint's networks), `random_init` (a freshly
 initialised D, the "what training bought" baseline) and `raw_pixels`.
 Features: `backbone` (h), `embedding` (raw e) and `pixels`. Metrics are
-measured on the test split; the k-NN bank and the probe use the train split.
+measured on the test split; the k-NN bank and the linear models use the train
+split.
 """
 import functools
 import time
@@ -20,11 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax import checkpointing, evaluators, input_pipeline, sharding, storage
-from sgan_jax.state import StepSpec, abstract_train_state, init_discriminator
+from sgan_jax import (checkpointing, evaluators, fid, generator_eval, input_pipeline,
+                      sharding, storage)
+from sgan_jax.state import (StepSpec, abstract_train_state, init_discriminator,
+                            init_generator)
 
 MODELS = ("d_ema", "d", "random_init", "raw_pixels")
-PIXEL_EVALUATORS = ("knn", "linear")
+PIXEL_EVALUATORS = ("knn", "linear", "svm")
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -106,19 +109,36 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
   return out
 
 
+GENERATOR_ROWS = ("g_ema", "random_init", "real_train", "real_test")
+
+
 def format_table(results: Dict[str, float]) -> str:
-  """One row per (model, features), one column per evaluator metric."""
-  columns = ["knn/top1", "linear/top1", "kmeans/acc", "kmeans/nmi",
+  """D's features: one row per (model, features), one column per evaluator
+  metric; then G's metrics (`gen/*`), one row per image set."""
+  columns = ["knn/top1", "linear/top1", "svm/top1", "kmeans/acc", "kmeans/nmi",
              "kmeans/ari", "online_probe/top1"]
-  rows = sorted({tuple(k.split("/")[:2]) for k in results},
+  rows = sorted({tuple(k.split("/")[:2]) for k in results if not k.startswith("gen/")},
                 key=lambda r: (MODELS.index(r[0]), r[1]))
+  cell = lambda v: f"{'-' if v is None else f'{v:.4f}':>17}"
   head = f"{'model':<12} {'features':<10} " + " ".join(f"{c:>17}" for c in columns)
   lines = [head, "-" * len(head)]
   for model, feature in rows:
-    cells = [results.get(f"{model}/{feature}/{c}") for c in columns]
     lines.append(f"{model:<12} {feature:<10} " + " ".join(
-        f"{'-' if v is None else f'{v:.4f}':>17}" for v in cells))
-  lines.append("(test split; the k-NN bank and the linear probe use the train split)")
+        cell(results.get(f"{model}/{feature}/{c}")) for c in columns))
+  lines.append("(test split; the k-NN bank, the linear probe and the SVM use the "
+               "train split)")
+  if "gen/classifier/test_top1" in results:
+    gen_columns = ["classifier_fd", "classifier_score"]
+    if any(k.endswith("/fid") for k in results):
+      gen_columns += ["fid", "inception_score"]
+    lines += ["", f"{'G / images':<23} " + " ".join(f"{c:>17}" for c in gen_columns)]
+    lines += [f"{row:<23} " + " ".join(cell(results.get(f"gen/{row}/{c}"))
+                                       for c in gen_columns) for row in GENERATOR_ROWS]
+    lines.append(f"(classifier_*: against the test split, in the features of a small "
+                 f"classifier trained on the train split, test top-1 "
+                 f"{results['gen/classifier/test_top1']:.4f}; not FID"
+                 + ("; fid: InceptionV3, against the train split)" if "fid" in gen_columns
+                    else ")"))
   return "\n".join(lines)
 
 
@@ -149,7 +169,42 @@ class TrainingEvaluator:
     self.config, self.builder, self.mesh, self.workdir = config, builder, mesh, workdir
     self.check_stop = check_stop
     self._baseline: Optional[Dict[str, float]] = None
+    self._classifier: Optional[generator_eval.ClassifierMetrics] = None
+    self._gen_baseline: Dict[str, float] = {}
+    self._inception: Optional[fid.InceptionMetrics] = None
     self.last_table = ""
+
+  def _generator_results(self, state, splits) -> Dict[str, float]:
+    """G_ema's metrics; on the first call also the reference values (the
+    classifier's, real images', random-init G's), kept for later calls."""
+    (y_train, pixels_train, _), (y_test, pixels_test, _) = splits
+    c, spec = self.config, state.spec
+    shape = (-1, c.image_size, c.image_size, 3)
+    sample = functools.partial(generator_eval.generate_images, spec,
+                               num=len(y_test), batch=c.global_batch_size, seed=c.seed)
+    if self._classifier is None:
+      self.check_stop()
+      self._classifier = generator_eval.ClassifierMetrics(c)
+      base = self._classifier.fit(pixels_train.reshape(shape), y_train,
+                                  pixels_test.reshape(shape), y_test)
+      key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x6A)
+      random_g = jax.jit(init_generator, static_argnums=0)(spec, key)   # eager: ~17 s
+      base.update(self._classifier.score("random_init", sample(*random_g)))
+      self._inception = fid.InceptionMetrics.create(c, self.workdir)
+      if self._inception is not None:
+        self.check_stop()
+        self._inception.fit(lambda: pixels_train.reshape(shape))
+        base.update(self._inception.score("real_test", pixels_test.reshape(shape)))
+        base.update(self._inception.score(
+            "random_init", sample(*random_g, num=c.eval.fid_num_samples)))
+      self._gen_baseline = base
+    self.check_stop()
+    g_ema = (state.g_ema_params, state.g_state)
+    results = self._classifier.score("g_ema", sample(*g_ema))
+    if self._inception is not None:
+      self.check_stop()
+      results.update(self._inception.score("g_ema", sample(*g_ema, num=c.eval.fid_num_samples)))
+    return {**results, **self._gen_baseline}
 
   def __call__(self, state, step: int, logger=None) -> Dict[str, float]:
     t0 = time.time()
@@ -167,6 +222,8 @@ class TrainingEvaluator:
       self._baseline = {k: v for k, v in results.items()
                         if k.split("/")[0] in ("random_init", "raw_pixels")}
     results.update(self._baseline)
+    if self.config.eval.generator_metrics:
+      results.update(self._generator_results(state, splits))
     write_json(results, self.workdir, step)
     self.last_table = format_table(results)
     logging.info("Evaluation at step %d (%.1f s):\n%s", step, time.time() - t0,

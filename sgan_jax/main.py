@@ -55,7 +55,7 @@ def main(argv):
   step = int(state.step)
   results = evaluation.read_json(FLAGS.workdir, step)
   if jax.process_index() == 0 and results is not None:
-    print(f"\nFeatures at step {step} "
+    print(f"\nEvaluation at step {step} "
           f"({evaluation.results_path(FLAGS.workdir, step)}):\n"
           + evaluation.format_table(results), flush=True)
 

@@ -123,6 +123,13 @@ def init_discriminator(spec: StepSpec, key: jax.Array):
   return spec.discriminator().init(key, jnp.zeros((2, size, size, 3)))["params"]
 
 
+def init_generator(spec: StepSpec, key: jax.Array):
+  """G's parameters and state (batch statistics, spectral vectors), freshly
+  initialised from `key`."""
+  g_vars = spec.generator().init(key, jnp.zeros((2, spec.z_dim)))
+  return g_vars["params"], {c: g_vars[c] for c in G_MUTABLE}
+
+
 def _random_unit_rows(key, shape):
   """Rows drawn uniformly on the unit sphere: the queue's starting entries."""
   return unit_rows(jax.random.normal(key, shape))
@@ -131,9 +138,7 @@ def _random_unit_rows(key, shape):
 def _init_state(spec: StepSpec, rng: jax.Array) -> TrainState:
   k_d, k_g, k_qe, k_qk, rng = jax.random.split(rng, 5)
   d_params = init_discriminator(spec, k_d)
-  g_vars = spec.generator().init(k_g, jnp.zeros((2, spec.z_dim)))
-  g_params = g_vars["params"]
-  g_state = {c: g_vars[c] for c in G_MUTABLE}
+  g_params, g_state = init_generator(spec, k_g)
   # The EMAs start as copies, not aliases: aliased buffers break donation.
   copy = lambda t: jax.tree.map(jnp.copy, t)
   return TrainState(

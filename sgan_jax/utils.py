@@ -1,9 +1,10 @@
 """Array and tree helpers shared by the losses, the networks, the evaluators,
 checkpointing and the PyTorch interop (one definition each)."""
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def unit_rows(x, eps: float = 1e-12):
@@ -29,3 +30,17 @@ def flatten_paths(tree) -> Dict[Tuple[str, ...], Any]:
 def path_names(tree) -> Dict[str, Any]:
   """`flatten_paths` with each path joined by '/', e.g. 'head/layers_0/kernel'."""
   return {"/".join(path): leaf for path, leaf in flatten_paths(tree).items()}
+
+
+def map_in_batches(fn: Callable, rows, batch: int) -> Tuple[np.ndarray, ...]:
+  """`fn` (returning a tuple of row-major arrays) over `rows` in batches of
+  exactly `batch` rows (the last one zero-padded, so one compilation serves
+  all); the outputs are concatenated on the host, padding dropped."""
+  outs = []
+  for start in range(0, len(rows), batch):
+    chunk = np.asarray(rows[start:start + batch])
+    n = len(chunk)
+    if n < batch:
+      chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
+    outs.append([np.asarray(o)[:n] for o in jax.device_get(fn(jnp.asarray(chunk)))])
+  return tuple(np.concatenate(parts) for parts in zip(*outs))

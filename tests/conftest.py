@@ -6,13 +6,21 @@ directory), in this process and in the command lines the tests start: many
 tests compile the same tiny step, and a cache hit replaces a compilation.
 """
 import contextlib
+import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
 
+if importlib.util.find_spec("pytorch_fid"):   # only where the fidcheck extra is
+  # torchvision crashes (segfault) when imported after TensorFlow.
+  importlib.import_module("torchvision")
+
 import jax
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.testing import test_utils as tfds_test_utils
 
 from sgan_jax import benchmark, config_lib, input_pipeline
 
@@ -66,11 +74,37 @@ def synthetic_batch():
   return lambda config, seed=1, mesh=None: benchmark.synthetic_batch(config, mesh, seed)
 
 
+class _RealDataDir:
+  """Replaces TFDS's `MockFs` inside mocked `as_dataset` calls, where it only
+  makes `data_dir` appear to exist. `MockFs` patches etils' file system for
+  every thread, so an Orbax checkpoint written by a background thread during
+  that call went to a temporary folder and failed (a flaky test). This
+  creates the folder for real and removes what it created on exit."""
+
+  def __enter__(self):
+    self.created = []
+    return self
+
+  def add_file(self, path, content=None):
+    del content
+    top = folder = os.path.dirname(os.fspath(path))
+    while not os.path.exists(os.path.dirname(top)):
+      top = os.path.dirname(top)
+    if not os.path.exists(folder):
+      os.makedirs(folder)
+      self.created.append(top)
+
+  def __exit__(self, *exc):
+    for top in self.created:
+      shutil.rmtree(top, ignore_errors=True)
+
+
 @pytest.fixture
 def mock_tfds(monkeypatch):
   """`with mock_tfds(num_examples=N):` TFDS serves N random examples per
   split of any dataset; its (mocked) download needs no network."""
   monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
+  monkeypatch.setattr(tfds_test_utils, "MockFs", _RealDataDir)
 
   @contextlib.contextmanager
   def mocked(num_examples=40):
@@ -96,3 +130,10 @@ def tiny_digits(digits_dir):
     config.update(overrides)
     return config
   return make
+
+
+def digits_as_images(pixels):
+  """scikit-learn digits rows ([N, 64], values 0-16) as [N, 16, 16, 3]
+  float32 images in [-1, 1] (each pixel repeated 2x2, grey as RGB)."""
+  images = np.asarray(pixels, np.float32).reshape(-1, 8, 8, 1) / 8.0 - 1.0
+  return np.repeat(np.repeat(np.repeat(images, 2, 1), 2, 2), 3, -1)

@@ -3,12 +3,13 @@
 Each module exposes `evaluate(train, test, num_classes, config) -> dict`,
 where `train` and `test` are `(features [N, D] float, labels [N] int)` NumPy
 pairs and `config` is the `eval` section of the run's config. The returned
-metric names are those of the eval JSON (`top1`; `acc`, `nmi`, `ari`).
+metric names are those of the eval JSON (`top1`; `acc`, `nmi`, `ari`; `c`,
+the regularisation constant a linear model used).
 """
 import importlib
 
-NAMES = ("knn", "linear", "kmeans")
-_MODULES = {"knn": "knn", "linear": "linear_probe", "kmeans": "kmeans"}
+NAMES = ("knn", "linear", "svm", "kmeans")
+_MODULES = {"knn": "knn", "linear": "linear_probe", "svm": "svm", "kmeans": "kmeans"}
 
 
 def get(name: str):

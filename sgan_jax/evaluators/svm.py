@@ -1,0 +1,10 @@
+"""Linear SVM: one-vs-rest, squared hinge loss, L2 penalty (scikit-learn's
+`LinearSVC` objective, bias not penalised) on frozen, standardised features,
+fitted full-batch by L-BFGS; C is `eval.svm_c`, or chosen on a held-out part
+of the train split when that is None (the protocol is in `linear_models`)."""
+from sgan_jax.evaluators import linear_models
+
+
+def evaluate(train, test, num_classes, config):
+  return linear_models.evaluate(train, test, num_classes, "squared_hinge",
+                                config.svm_c, config)
