@@ -54,6 +54,10 @@ class Checkpointer:
   def latest_step(self):
     return self._manager.latest_step()
 
+  def all_steps(self):
+    """The steps of the complete checkpoints kept, in increasing order."""
+    return sorted(self._manager.all_steps())
+
   def save(self, state, force: bool = False) -> bool:
     """Starts an asynchronous save of `state` at its step."""
     tree = flax.serialization.to_state_dict(state)

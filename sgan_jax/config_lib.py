@@ -22,8 +22,8 @@ from sgan_jax.models import discriminator, generator, layers
 def reference_config() -> ml_collections.ConfigDict:
   """CIFAR-10 at the authors' settings (docs/method.md §2, §5)."""
   c = ml_collections.ConfigDict()
-  c.dataset = "cifar10"          # TFDS dataset name
-  c.data_dir = ""                # TFDS data_dir; "" means TFDS's default
+  c.dataset = "cifar10"          # TFDS dataset name, or "image_folder" (your images)
+  c.data_dir = ""                # TFDS data_dir ("" means TFDS's default); for image_folder the folder
   c.train_split = "train"        # TFDS split to train on
   c.test_split = "test"          # TFDS split to evaluate on
   c.class_subset = ""            # keep only these label ids: "3,7,9" or a file of ids; "" keeps all
@@ -189,6 +189,10 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
              num_devices: int = 1) -> None:
   """Rejects configs that would fail or silently misbehave later."""
   _check_fields(config, reference_config())
+  if config.dataset == "image_folder" and not config.data_dir:
+    raise ConfigError("dataset 'image_folder' needs --config.data_dir=ROOT, the "
+                      "folder with ROOT/<train_split>/<class>/<image> and "
+                      "ROOT/<test_split>/<class>/<image>")
   b = config.global_batch_size
   if b <= 0 or b % num_processes or b % num_devices:
     raise ConfigError(

@@ -1,12 +1,14 @@
 """Command line: evaluate a training workdir's checkpoint again.
 
-`python -m sgan_jax.evaluate --workdir=DIR [--step=N] [--output_dir=OUT]
- [--config.eval.knn_k=20]`
+`python -m sgan_jax.evaluate --workdir=DIR [--step=N | --all_steps]
+ [--output_dir=OUT] [--config.eval.knn_k=20]`
 
 Reads the config DIR's run was last started with (`config.json`, or the
 newest `config_resume_<step>.json`), validated; applies the `--config.*`
 overrides; restores the checkpoint read-only (`evaluation.evaluate_checkpoint`),
-prints the table and writes `eval_<step>.json` to OUT (default: DIR). DIR and
+prints the table and writes `eval_<step>.json` and `learning_curve.png` to
+OUT (default: DIR). `--all_steps` evaluates every kept checkpoint that has no
+`eval_<step>.json` in OUT yet (baselines once), for a learning curve. DIR and
 OUT may be cloud-storage URLs.
 """
 import os
@@ -16,13 +18,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402  (after the TF log level)
 from ml_collections import config_flags  # noqa: E402
 
-from sgan_jax import (checkpointing, cli, config_lib, evaluation,  # noqa: E402
-                      input_pipeline)
+from sgan_jax import (checkpointing, cli, config_lib, curves,  # noqa: E402
+                      evaluation, input_pipeline, storage)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir (with config.json "
                     "and checkpoints/).")
 flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+flags.DEFINE_bool("all_steps", False, "Evaluate every kept checkpoint without "
+                  "an eval_<step>.json yet, then draw learning_curve.png.")
 flags.DEFINE_string("output_dir", None, "Where eval_<step>.json goes; default: "
                     "the workdir. Checkpoints are only ever read.")
 cli.define_config_overrides(
@@ -44,10 +48,22 @@ def main(argv):
     config.update_from_flattened_dict(
         config_flags.get_override_values(FLAGS["config"]))
     config_lib.validate(config)
-    step, results = evaluation.evaluate_checkpoint(
-        config, FLAGS.workdir, FLAGS.step, FLAGS.output_dir)
-  print(evaluation.format_table(results))
-  print(f"wrote {evaluation.results_path(FLAGS.output_dir or FLAGS.workdir, step)}")
+    if FLAGS.all_steps and FLAGS.step is not None:
+      raise config_lib.ConfigError("--step and --all_steps exclude each other")
+    steps = [FLAGS.step]
+    if FLAGS.all_steps:
+      steps = evaluation.missing_steps(FLAGS.workdir, FLAGS.output_dir)
+      print(f"{len(steps)} checkpoint(s) to evaluate: {steps}", flush=True)
+    done = evaluation.evaluate_checkpoints(config, FLAGS.workdir, steps,
+                                           FLAGS.output_dir)
+  out = FLAGS.output_dir or FLAGS.workdir
+  for step, results in done[-1:]:
+    print(evaluation.format_table(results))
+  for step, _ in done:
+    print(f"wrote {evaluation.results_path(out, step)}")
+  curve = curves.plot(out) if FLAGS.all_steps else storage.path(out) / curves.FILE
+  if curve is not None:
+    print(f"wrote {curve}")
 
 
 if __name__ == "__main__":

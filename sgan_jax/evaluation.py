@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax import (checkpointing, evaluators, fid, generator_eval, input_pipeline,
-                      sharding, storage)
+from sgan_jax import (checkpointing, curves, evaluators, fid, generator_eval,
+                      input_pipeline, sharding, storage)
 from sgan_jax.state import (StepSpec, abstract_train_state, init_discriminator,
                             init_generator)
 
@@ -225,6 +225,8 @@ class TrainingEvaluator:
     if self.config.eval.generator_metrics:
       results.update(self._generator_results(state, splits))
     write_json(results, self.workdir, step)
+    if jax.process_index() == 0:
+      curves.plot(self.workdir)
     self.last_table = format_table(results)
     logging.info("Evaluation at step %d (%.1f s):\n%s", step, time.time() - t0,
                  self.last_table)
@@ -240,12 +242,36 @@ def evaluate_checkpoint(config, workdir: storage.PathLike, step: Optional[int] =
 
   Returns `(step, results)`.
   """
+  (step, results), = evaluate_checkpoints(config, workdir, [step], output_dir)
+  return step, results
+
+
+def missing_steps(workdir: storage.PathLike, output_dir: Optional[storage.PathLike] = None):
+  """The kept checkpoints of `workdir` that have no `eval_<step>.json` in
+  `output_dir` (default: workdir) yet, in increasing order."""
+  ckpt = checkpointing.Checkpointer(workdir, 1, read_only=True)
+  steps = ckpt.all_steps()
+  ckpt.close()
+  return [s for s in steps if read_json(output_dir or workdir, s) is None]
+
+
+def evaluate_checkpoints(config, workdir: storage.PathLike, steps,
+                         output_dir: Optional[storage.PathLike] = None):
+  """Evaluates the checkpoints `steps` of `workdir` (None: the newest) in
+  turn, read-only, computing the baselines (random-init D and G, raw pixels,
+  G's classifier) once; writes each `eval_<step>.json` and the learning curve
+  to `output_dir` (default: workdir). Returns `[(step, results)]`."""
   mesh = sharding.make_mesh()
   builder = input_pipeline.get_builder(config)
+  input_pipeline.check_classes(config, builder, workdir, write=False)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  state = ckpt.restore(abstract_train_state(config, mesh), step)
-  ckpt.close()
   output_dir = storage.makedirs(output_dir or workdir)
-  evaluator = TrainingEvaluator(config, builder, mesh, output_dir)
-  return int(state.step), evaluator(state, int(state.step))
+  evaluator, done = TrainingEvaluator(config, builder, mesh, output_dir), []
+  try:
+    for i, step in enumerate(steps):
+      state = ckpt.restore(abstract_train_state(config, mesh), step)
+      logging.info("Evaluating checkpoint %d (%d of %d)", int(state.step), i + 1, len(steps))
+      done.append((int(state.step), evaluator(state, int(state.step))))
+  finally:
+    ckpt.close()
+  return done

@@ -20,13 +20,14 @@ except ImportError as e:   # the package does not force a TensorFlow build
       "(Colab, TPU VM) already has") from e
 import tensorflow_datasets as tfds
 
-from sgan_jax import config_lib, sharding
+from sgan_jax import config_lib, sharding, storage
 from sgan_jax import datasets  # importing it registers the project datasets with TFDS
 
 # TensorFlow only feeds data: it must never take GPU memory from JAX.
 tf.config.set_visible_devices([], "GPU")
 
-PROJECT_DATASETS = frozenset([datasets.SklearnDigits.name])
+PROJECT_DATASETS = frozenset([datasets.SklearnDigits.name, datasets.image_folder.NAME])
+CLASSES_FILE = "classes.json"   # the run's class names, label order
 # Splits up to this size are cached decoded in host memory (CIFAR's train
 # split fits).
 _CACHE_BYTES = 2 << 30
@@ -48,6 +49,16 @@ def _can_download() -> bool:
 
 
 def _builder(config) -> tfds.core.DatasetBuilder:
+  if config.dataset == datasets.image_folder.NAME:
+    builder = datasets.ImageFolderBuilder(
+        config.data_dir, (config.train_split, config.test_split))
+    if config_lib.class_subset_ids(config) is None and (
+        len(builder.classes) != config.num_classes):
+      raise config_lib.ConfigError(
+          f"num_classes is {config.num_classes} but image folder "
+          f"{config.data_dir} has {len(builder.classes)} classes; pass "
+          f"--config.num_classes={len(builder.classes)}")
+    return builder
   try:
     return tfds.builder(config.dataset, data_dir=config.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
@@ -70,6 +81,8 @@ def _prepare(builder, config):
         f"copy DIR here and pass --config.data_dir=DIR.")
   try:
     builder.download_and_prepare()
+  except config_lib.ConfigError:   # a bad image folder: its own one-line message
+    raise
   except Exception as e:  # TFDS raises many types; say which dataset failed.
     raise DatasetUnavailableError(
         f"could not prepare dataset '{config.dataset}' in data_dir "
@@ -103,6 +116,41 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         f"process 0 could not prepare dataset '{config.dataset}' (its log says "
         f"why); this process waited for it")
   return _builder(config)   # now sees the prepared files
+
+
+def class_names(config, builder) -> list:
+  """The run's class names in label order (after `class_subset`)."""
+  names = builder.info.features["label"].names
+  subset = config_lib.class_subset_ids(config)
+  if subset is not None:
+    if max(subset) >= len(names):
+      raise config_lib.ConfigError(
+          f"class_subset id {max(subset)} does not exist: dataset "
+          f"'{config.dataset}' has {len(names)} classes")
+    names = [names[i] for i in subset]
+  return list(names)
+
+
+def check_classes(config, builder, workdir, write: bool) -> None:
+  """Compares the dataset's classes with the run's `classes.json` in
+  `workdir`, so that labels mean the same in training and every evaluation.
+  Writes the file if `write` and it is missing; raises ConfigError (one
+  line) if they differ."""
+  names = class_names(config, builder)
+  path = storage.path(workdir) / CLASSES_FILE
+  if not storage.exists(path):
+    if write:
+      storage.write_json(path, names)
+    return
+  stored = storage.read_json(path)
+  if stored != names:
+    changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in
+               enumerate(zip(stored, names)) if a != b][:3]
+    raise config_lib.ConfigError(
+        f"dataset '{config.dataset}' ({config.data_dir or 'default data_dir'}) has "
+        f"classes that differ from the run's {path} ({len(stored)} there, "
+        f"{len(names)} here; {', '.join(changed) or 'extra classes'}); use the "
+        f"data the run was trained on")
 
 
 def _select(ds, config):

@@ -57,6 +57,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     builder = input_pipeline.get_builder(config)   # fails fast if unavailable
     stop.raise_if_requested("while preparing the dataset")
     storage.makedirs(workdir)
+    input_pipeline.check_classes(config, builder, workdir,
+                                 write=jax.process_index() == 0)
     ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
     if jax.process_index() == 0:
       config_lib.write_run_config(config, workdir, ckpt.latest_step() or 0)

@@ -181,6 +181,7 @@ def test_feature_extraction_padding_does_not_change_results(mock_tfds, tiny_conf
   assert all(s == scores[0] for s in scores)
 
 
+@pytest.mark.slow   # training, then a CLI evaluation: ~110 s on 2 cores
 def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path, tiny_digits, root):
   # sklearn_digits is built offline: no download check is involved.
   workdir = str(tmp_path)

@@ -188,6 +188,22 @@ def test_parity_with_the_authors_step():
 
 @pytest.mark.interop
 @needs_official
+def test_many_steps_stay_with_the_authors_code_in_float64():
+  # A queue of two batches: the pointer wraps around at steps 2 and 4.
+  proc = subprocess.run(
+      [sys.executable, "-m", "sgan_jax.interop.parity", f"--official_dir={OFFICIAL_DIR}",
+       "--batch=2", "--free_steps=5", "--queue_batches=2"],
+      capture_output=True, text=True, timeout=1200)
+  print(proc.stdout[-6000:], proc.stderr[-3000:])
+  assert proc.returncode == 0
+  assert "LONG-RUN PARITY PASSED" in proc.stdout
+  rows = [l.split() for l in proc.stdout.splitlines() if l.split()[1:2] == ["sgan_jax"]]
+  assert [r[2] for r in rows] == ["2/2", "0/0", "2/2", "0/0", "2/2"]
+  assert all(float(x) < 1e-8 for r in rows[:2] for x in r[3:])   # before chaos grows
+
+
+@pytest.mark.interop
+@needs_official
 def test_exported_state_loads_into_the_authors_models_and_computes_the_same():
   import torch
   from sgan_jax.interop import parity

@@ -132,12 +132,13 @@ def test_a_gs_workdir_gets_every_artifact_and_the_cwd_nothing(fake_gcs, tiny_dig
   assert _files(cwd) == []   # nothing under the current directory
   run = _files(store / "sgan-test-bucket" / "run")
   for expected in ("config.json", "config_resume_3.json", "metrics.jsonl",
-                   "eval_4.json", "samples/samples_0000004.png"):
+                   "eval_4.json", "samples/samples_0000004.png", "classes.json",
+                   "learning_curve.png"):
     assert expected in run, (expected, run)
   assert any(f.startswith("checkpoints/3/") for f in run)
   assert any(f.startswith("checkpoints/4/") for f in run)
   assert any(f.startswith("events.out.tfevents.") for f in run)
-  assert _files(store / "sgan-test-bucket" / "eval") == ["eval_4.json"]
+  assert _files(store / "sgan-test-bucket" / "eval") == ["eval_4.json", "learning_curve.png"]
   rows = metric_io.read_jsonl(f"{workdir}/metrics.jsonl")
   assert [r["step"] for r in rows if "d/loss" in r] == [2, 4]
 

@@ -1,6 +1,8 @@
 """Step-level parity with the authors' PyTorch code.
 
 `python -m sgan_jax.interop.parity --official_dir=DIR [--batch=8] [--seed=0]`
+`python -m sgan_jax.interop.parity --official_dir=DIR --free_steps=20 [--batch=4]
+ [--queue_batches=3]` (many steps, `interop.long_run`)
 
 DIR is a checkout of `xiao7199/structural-adversarial-objectives` (its
 `model.py`, `utils.py`, `main_cls.py`, ...). Needs torch
@@ -29,24 +31,22 @@ one process, so the batch statistics are over the same rows in both.
 import argparse
 import dataclasses
 import os
-import re
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax import config_lib, step as step_lib
-from sgan_jax.interop import pytorch
+from sgan_jax import config_lib
+from sgan_jax.interop import long_run, pytorch
+from sgan_jax.interop.comparison import (FLOAT64_TOLERANCE, as_float64,
+                                         make_jax_functions, over_all, per_tensor,
+                                         synced_state, whole,
+                                         zero_gradient_biases)
 from sgan_jax.interop.reference import ReferenceTrainer, import_reference
 from sgan_jax.state import StepSpec, create_train_state
-from sgan_jax.utils import path_names
 
 DEFAULT_TOLERANCE = 1e-4
-# Both implementations in float64: rounding is ~1e-16, so even the worst
-# conditioned quantity (G's gradient, ~1e5) must agree to far better than this.
-FLOAT64_TOLERANCE = 1e-8
 # Rows whose float32 error the computation amplifies, with the reason
 # (docs/fidelity.md has the measurements).
 _ADAM_REASON = ("Adam divides each gradient entry by its own magnitude, so "
@@ -72,107 +72,7 @@ def _tolerance(name):
   return 1e-3 if name in ILL_CONDITIONED else DEFAULT_TOLERANCE
 
 
-# ------------------------------------------------------------------ sgan_jax
-
-def synced_state(trainer, template):
-  """An sgan_jax state equal to the reference's current one: networks, EMAs,
-  G's buffers, queue and the Adam moments."""
-  state = pytorch.state_from_torch(trainer.checkpoint(), template)
-  step, first, second = trainer.adam_moments()
-  if step:
-    m1, m2 = (pytorch.state_from_torch(c, template) for c in (first, second))
-
-    def adam(opt_state, mu, nu):
-      return (opt_state[0]._replace(count=np.asarray(step, np.int32), mu=mu, nu=nu),
-              *opt_state[1:])
-    state = state.replace(d_opt_state=adam(state.d_opt_state, m1.d_params, m2.d_params),
-                          g_opt_state=adam(state.g_opt_state, m1.g_params, m2.g_params))
-  return jax.tree.map(jnp.asarray, state)
-
-
-def make_jax_functions(spec):
-  """(step, g_gradient, arithmetic), jitted.
-
-  `step(state, batch, noise)`: sgan_jax's training step with injected noise,
-  plus the values the reference computes inside its step (the step's named
-  intermediates, `step.DGrads` and `step.GGrads`) and D's gradient.
-  `g_gradient(state, d_params, ...)`: G's gradient against a given updated D
-  (the reference's: an own D update differs where Adam amplifies rounding).
-  `arithmetic(state, d_grads, g_grads)`: the optimiser and EMA updates that
-  given gradients produce (the reference's gradients, to compare the update
-  rules on equal inputs)."""
-
-  def step(state, batch, noise):
-    n = batch["image"].shape[0]
-    out = step_lib.step_with_phases(state, batch, noise)
-    d = out.d.result
-    nchw = lambda a: jnp.transpose(a, (0, 3, 1, 2))
-    values = {"D(x) raw embedding e": d.out.raw_embedding[:n],
-              "D(x) unit embedding z": d.out.embedding[:n],
-              "G(z_d) images": nchw(d.fake),
-              "D(G(z_d)) unit embedding": d.out.embedding[n:],
-              "D_ema keys of x": d.real_keys, "D_ema keys of G(z_d)": d.fake_keys,
-              "sigma (2N, per sample)": d.sigma, "G(z_g) images": nchw(out.g.result.fake),
-              **{k: v for k, v in out.metrics.items()
-                 if not k.endswith(("acc", "grad_norm", "embed_norm", "sigma_mean"))}}
-    return out.state, values, d.grads, (d.g_state, d.real_keys)
-
-  def g_gradient(state, d_params, g_state, real_keys, batch, noise):
-    return step_lib.g_grads(state, d_params, g_state, batch["image"], real_keys,
-                            noise["z_g"]).grads
-
-  def arithmetic(state, d_grads, g_grads):
-    d_params, _ = step_lib.apply_gradients(spec.d_optimizer(), d_grads,
-                                           state.d_opt_state, state.d_params)
-    g_params, _ = step_lib.apply_gradients(spec.g_optimizer(), g_grads,
-                                           state.g_opt_state, state.g_params)
-    ema = lambda new, old: step_lib.ema_update(spec, new, old)
-    return {"D parameters": d_params, "D_ema parameters": ema(d_params, state.d_ema_params),
-            "G parameters": g_params, "G_ema parameters": ema(g_params, state.g_ema_params)}
-  return jax.jit(step), jax.jit(g_gradient), jax.jit(arithmetic)
-
-
 # --------------------------------------------------------------- comparison
-
-def rel_diff(a, b) -> float:
-  """`max|a - b| / max|b|` in float64 (the plain error when b is all zero)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.shape != b.shape:
-    raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-  scale = np.max(np.abs(b)) if b.size else 0.0
-  err = np.max(np.abs(a - b)) if a.size else 0.0
-  return float(err / scale) if scale > 0 else float(err)
-
-
-def _flat(tree):
-  return {k: np.asarray(v) for k, v in path_names(tree).items()}
-
-
-def per_tensor(a, b, skip=()):
-  """(worst per-tensor rel_diff, its tensor) over matching leaves of two trees."""
-  fa, fb = _flat(a), _flat(b)
-  return max((rel_diff(fa[k], fb[k]), k) for k in fb if k not in skip)
-
-
-def over_all(a, b, only=None):
-  """(max|a - b| over the leaves `only` (default all) / max|b| over all leaves,
-  worst tensor)."""
-  fa, fb = _flat(a), _flat(b)
-  scale = max(np.max(np.abs(v)) for v in fb.values())
-  err, where = max((float(np.max(np.abs(fa[k] - fb[k]))), k) for k in (only or fb))
-  return err / scale, where
-
-
-def whole(a, b):
-  return rel_diff(a, b), ""
-
-
-def zero_gradient_biases(g_params):
-  """G's conv biases: each adds a per-channel constant that a batch norm
-  removes (directly, or after residual sums that end in one), so their
-  gradient is 0 in exact arithmetic and float32 rounding noise in practice."""
-  return [k for k in _flat(g_params) if re.fullmatch(r"stage\d+_block\d+/conv\d/bias", k)]
-
 
 def row(name, measure, jax_value, ref32, ref64=None):
   """(name, jax vs ref32, where, ref32 vs ref64, jax vs ref64)."""
@@ -224,7 +124,7 @@ def step_rows(trainer, jax_fns, start, template, args, shadow=None):
   new, values, d_grads, g_inputs = jax.device_get(jax_step(start, batch, noise))
   seconds["sgan_jax"] = time.perf_counter() - t0
   # Compared in float64; fed back to sgan_jax in the template's dtype.
-  as_jax = lambda ckpt, like=_float64(template): pytorch.state_from_torch(ckpt, like)
+  as_jax = lambda ckpt, like=as_float64(template): pytorch.state_from_torch(ckpt, like)
   checkpoint = trainer.checkpoint()
   after, grads = as_jax(checkpoint), as_jax(grads_ref)
   after64 = as_jax(shadow.checkpoint()) if shadow is not None else None
@@ -256,12 +156,6 @@ def step_rows(trainer, jax_fns, start, template, args, shadow=None):
   return rows, seconds
 
 
-def _float64(tree):
-  """`tree` with its floating-point leaves as float64 NumPy arrays."""
-  return jax.tree.map(lambda x: np.asarray(x, np.float64)
-                      if np.issubdtype(np.asarray(x).dtype, np.floating) else x, tree)
-
-
 def _get(tree, path):
   for p in path:
     tree = tree[p] if isinstance(tree, dict) else getattr(tree, p)
@@ -271,7 +165,7 @@ def _get(tree, path):
 def free_rows(free_state, trainer, template):
   """Each implementation run on its own: max error / largest parameter."""
   free = jax.device_get(free_state)
-  ref = pytorch.state_from_torch(trainer.checkpoint(), _float64(template))
+  ref = pytorch.state_from_torch(trainer.checkpoint(), as_float64(template))
   return [row(f"free-running {name}", over_all, getattr(free, field), getattr(ref, field))
           for name, field in (("D parameters", "d_params"), ("D_ema parameters", "d_ema_params"),
                               ("G parameters", "g_params"), ("G_ema parameters", "g_ema_params"))]
@@ -283,15 +177,18 @@ FOOTNOTE = ("  *  against the reference's updated D (an own D update differs whe
 
 # --------------------------------------------------------------------- main
 
-def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2) -> bool:
-  """Both implementations, `steps` steps, in float32 and in float64; prints
-  the tables, returns whether every gated row passed."""
+def _import_torch():
   try:   # torch is optional: only the interop extra installs it
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise SystemExit("the parity check needs torch: pip install -e '.[interop]'")
   torch.set_num_threads(os.cpu_count() or 1)
 
+
+def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2) -> bool:
+  """Both implementations, `steps` steps, in float32 and in float64; prints
+  the tables, returns whether every gated row passed."""
+  _import_torch()
   config = config_lib.reference_config()
   config.global_batch_size = batch
   config_lib.validate(config, 1, 1)
@@ -305,7 +202,7 @@ def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2)
   template = jax.device_get(create_train_state(config, jax.random.PRNGKey(seed)))
   # The step reads its network shapes and dtype from the state's spec.
   spec64 = dataclasses.replace(spec, compute_dtype="float64")
-  template64 = _float64(template).replace(spec=spec64)
+  template64 = as_float64(template).replace(spec=spec64)
   fns32, fns64 = make_jax_functions(spec), make_jax_functions(spec64)
   rng = np.random.default_rng(seed)
   free32 = synced_state(ref32, template)
@@ -333,7 +230,7 @@ def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2)
     print(FOOTNOTE)
     with jax.enable_x64(True):
       rows64, _ = step_rows(ref64, fns64, synced_state(ref64, template64), template64, args)
-      free64 = fns64[0](free64, *_float64(jax_args))[0]
+      free64 = fns64[0](free64, *as_float64(jax_args))[0]
     ok &= print_table(f"step {step}, float64, both from the same state", rows64, gated=False)
   ok &= print_table(f"after {steps} steps, float32, each implementation on its own "
                     "(max error / largest parameter)", free_rows(free32, ref32, template))
@@ -350,10 +247,24 @@ def main(argv=None):
                       help="checkout of xiao7199/structural-adversarial-objectives")
   parser.add_argument("--batch", type=int, default=8, help="batch size (one device)")
   parser.add_argument("--seed", type=int, default=0, help="init, data and noise seed")
+  parser.add_argument("--free_steps", type=int, default=0,
+                      help="instead: run both in float64 on their own for this many "
+                           "steps, comparing after each (interop.long_run)")
+  parser.add_argument("--queue_batches", type=int, default=3,
+                      help="with --free_steps: queue length in batches (it wraps "
+                           "around every this many steps)")
   args = parser.parse_args(argv)
   if args.batch < 2:
     parser.error("--batch must be at least 2 (covariances need two samples)")
-  sys.exit(0 if run_parity(args.official_dir, args.batch, args.seed) else 1)
+  if args.free_steps < 0 or args.queue_batches < 1:
+    parser.error("--free_steps must be >= 0 and --queue_batches >= 1")
+  _import_torch()
+  if args.free_steps:
+    ok = long_run.run(args.official_dir, args.batch, args.seed, args.free_steps,
+                      args.queue_batches)
+  else:
+    ok = run_parity(args.official_dir, args.batch, args.seed)
+  sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,14 @@ class ReferenceTrainer:
     self.opt_d.load_state_dict(other.opt_d.state_dict())
     self.opt_g.load_state_dict(other.opt_g.state_dict())
 
+  def perturb(self, relative: float):
+    """Scales every parameter of D, G and their EMAs by (1 + relative): a
+    twin that differs from this trainer at the level of rounding."""
+    with self.torch.no_grad():
+      for model in self._models():
+        for p in model.parameters():
+          p.mul_(1 + relative)
+
   def take_d_parameters(self, other):
     """Copies `other`'s D parameters (not its buffers, e.g. the queue)."""
     for mine, theirs in zip(self.model_d.parameters(), other.model_d.parameters()):
