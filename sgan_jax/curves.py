@@ -10,11 +10,11 @@ import io
 import re
 from typing import Dict, List, Tuple
 
-import matplotlib
-matplotlib.use("Agg")   # files only, no display
-from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
+# A bare Figure draws to a file without pyplot, so the backend a user (or a
+# notebook) has chosen is left alone.
+from matplotlib.figure import Figure
 
-from sgan_jax import storage  # noqa: E402
+from sgan_jax import storage
 
 FILE = "learning_curve.png"
 PANELS = (("knn/top1", "k-NN top-1"), ("svm/top1", "linear SVM top-1"),
@@ -79,7 +79,8 @@ def plot(folder: storage.PathLike):
   panels = [p for p in PANELS if any(p[0] in k for k in evals[-1][1])]
   has_g = f"gen/g_ema/{GENERATOR_PANEL[0]}" in evals[-1][1]
   n = len(panels) + has_g
-  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+  fig = Figure(figsize=(3.6 * n, 3.4))
+  axes = fig.subplots(1, n, squeeze=False)
   for ax, (metric, title) in zip(axes[0], panels):
     _panel(ax, evals, metric, title)
   axes[0][0].legend(fontsize=6)
@@ -88,7 +89,6 @@ def plot(folder: storage.PathLike):
   fig.tight_layout()
   out = io.BytesIO()
   fig.savefig(out, format="png", dpi=110)
-  plt.close(fig)
   path = storage.path(folder) / FILE
   storage.write_bytes(path, out.getvalue())
   return path
