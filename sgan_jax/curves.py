@@ -34,6 +34,13 @@ def read_all(folder: storage.PathLike) -> List[Tuple[int, Dict[str, float]]]:
   return [(step, storage.read_json(p)) for step, p in sorted(found)]
 
 
+def _label(ax, title):
+  ax.set_title(title, fontsize=9)
+  ax.set_xlabel("step", fontsize=8)
+  ax.tick_params(labelsize=7)
+  ax.grid(alpha=0.3)
+
+
 def _panel(ax, evals, metric, title):
   steps = [s for s, _ in evals]
   for model, feature, style in _CURVES:
@@ -47,11 +54,8 @@ def _panel(ax, evals, metric, title):
     if key in newest:
       ax.axhline(newest[key], color=f"C{4 + i}", ls="--", lw=1,
                  label=f"{model} {feature}")
-  ax.set_title(title, fontsize=9)
-  ax.set_xlabel("step", fontsize=8)
+  _label(ax, title)
   ax.set_xlim(0, max(steps) * 1.05 or 1)
-  ax.tick_params(labelsize=7)
-  ax.grid(alpha=0.3)
 
 
 def _generator_panel(ax, evals):
@@ -63,10 +67,7 @@ def _generator_panel(ax, evals):
     if f"gen/{row}/{metric}" in newest:
       ax.axhline(newest[f"gen/{row}/{metric}"], color=f"C{4 + i}", ls="--", lw=1,
                  label=f"{row} G" if row == "random_init" else "real train images")
-  ax.set_title(title, fontsize=9)
-  ax.set_xlabel("step", fontsize=8)
-  ax.tick_params(labelsize=7)
-  ax.grid(alpha=0.3)
+  _label(ax, title)
   ax.legend(fontsize=6)
 
 

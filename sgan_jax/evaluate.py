@@ -57,11 +57,13 @@ def main(argv):
     done = evaluation.evaluate_checkpoints(config, FLAGS.workdir, steps,
                                            FLAGS.output_dir)
   out = FLAGS.output_dir or FLAGS.workdir
-  for step, results in done[-1:]:
-    print(evaluation.format_table(results))
+  if done:
+    print(evaluation.format_table(done[-1][1]))
   for step, _ in done:
     print(f"wrote {evaluation.results_path(out, step)}")
-  curve = curves.plot(out) if FLAGS.all_steps else storage.path(out) / curves.FILE
+  # Each evaluation redraws the curve; with nothing new, draw it from the
+  # results already there.
+  curve = storage.path(out) / curves.FILE if done else curves.plot(out)
   if curve is not None:
     print(f"wrote {curve}")
 
