@@ -1,7 +1,7 @@
 """Throughput and cost model of the training step.
 
 `python -m sgan_jax.benchmark --config=configs/cifar10.py [--steps=N]
- [--json=out.json] [--config.global_batch_size=...]`
+ [--json=out.json] [--config.global_batch_size=...] [--official_dir=DIR]`
 
 Prints, and writes as JSON:
 - the compile time, the median step time over N timed steps (after warm-up)
@@ -13,9 +13,16 @@ Prints, and writes as JSON:
   term, the G phase, and the k-NN search;
 - the overhead of the structural objectives over a plain step of the same
   networks with only the coarse (Gaussian) adversarial term;
+- with `--official_dir`, the authors' PyTorch step at the same batch, in
+  `--paired_rounds` rounds alternating with sgan_jax's (`interop.timing`),
+  and the ratio of the two medians;
 - the TFDS input pipeline's images/s alone, where TensorFlow and the dataset
-  are available.
+  are available: with the augmentation on the host, and split as device
+  augmentation splits it (the host's uint8 decode-and-batch; the jitted
+  augmentation on the devices).
 """
+import functools
+import os
 import platform
 import statistics
 import time
@@ -24,18 +31,24 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
 
-from sgan_jax import cli, config_lib, flops, losses, sharding, step, storage
+from sgan_jax import augment, cli, config_lib, flops, losses, sharding, step, storage
 from sgan_jax.state import create_train_state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                 lock_config=True)
+cli.define_compilation_cache_flag()
 flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 flags.DEFINE_bool("phases", True, "Also time and count each phase and the "
                   "plain step (one compile each).")
+flags.DEFINE_string("official_dir", "", "A checkout of the authors' code: also "
+                    "time their PyTorch step, in rounds alternating with sgan_jax's.")
+flags.DEFINE_integer("paired_rounds", 3, "With --official_dir: rounds of --steps "
+                     "steps each, sgan_jax then the authors'.")
 flags.DEFINE_integer("pipeline_batches", 50, "Batches timed for the input "
                      "pipeline (0 skips it).")
 flags.mark_flags_as_required(["config"])
@@ -114,12 +127,15 @@ def matmul_peak_flops(dtype=jnp.float32, size=2048, repeats=5):
   return 2 * size ** 3 / best
 
 
-def pipeline_images_per_s(config, batches):
-  """The TFDS pipeline alone (augmentation included), in images/s."""
+def pipeline_images_per_s(config, batches, on_device: bool = False):
+  """The TFDS pipeline alone, in images/s: with the augmentation on the host,
+  or (`on_device`) the host's part of device augmentation (decode, shuffle,
+  batch uint8)."""
   # TensorFlow only here: the step's figures need JAX alone (accelerator
   # images without TensorFlow can still run the benchmark).
   from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  ds = input_pipeline.train_dataset(config, input_pipeline.get_builder(config))
+  ds = input_pipeline.train_dataset(config, input_pipeline.get_builder(config),
+                                    on_device=on_device)
   it = ds.as_numpy_iterator()
   next(it)   # start-up (file opening, caches) is not throughput
   t0 = time.perf_counter()
@@ -127,6 +143,19 @@ def pipeline_images_per_s(config, batches):
     next(it)
   return batches * sharding.local_batch_size(config.global_batch_size) / (
       time.perf_counter() - t0)
+
+
+def device_augment_images_per_s(config, source_shape, steps: int = 20, warmup: int = 2):
+  """`sgan_jax.augment` alone on this backend's devices, in images/s, on a
+  global batch of uint8 images of `source_shape` (H, W, C)."""
+  mesh = sharding.make_mesh()
+  images = jax.device_put(
+      np.random.default_rng(0).integers(0, 256, (config.global_batch_size,) + tuple(source_shape),
+                                        dtype=np.uint8), sharding.batch_sharding(mesh))
+  fn = jax.jit(functools.partial(augment.augment_batch, seed=0, size=config.image_size),
+               out_shardings=sharding.batch_sharding(mesh))
+  seconds = statistics.median(_seconds_per_call(lambda: fn(images, 0), steps, warmup))
+  return config.global_batch_size / seconds
 
 
 def _phase_parts(state, batch):
@@ -168,7 +197,10 @@ def _pipeline_figures(config, batches: int, step_images_per_s: float):
   if batches:
     try:
       out["pipeline_images_per_s"] = pipeline_images_per_s(config, batches)
-      out["pipeline_note"] = f"{config.dataset}, augment={config.augment}"
+      out["pipeline_note"] = (f"{config.dataset}, augment={config.augment} on the host, "
+                              f"{os.cpu_count()} host cores")
+      if config.augment:
+        out.update(_device_augment_figures(config, batches))
     except Exception as e:  # no TensorFlow or no data here: say so, go on
       out["pipeline_note"] = f"not measured: {type(e).__name__}: {e}"[:300]
   rate = out["pipeline_images_per_s"]
@@ -176,10 +208,36 @@ def _pipeline_figures(config, batches: int, step_images_per_s: float):
   return out
 
 
+def _device_augment_figures(config, batches: int):
+  """The host's part and the device's part of device augmentation, where the
+  dataset's images have one size (None otherwise)."""
+  from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  shape = input_pipeline.get_builder(config).info.features["image"].shape
+  if None in shape:
+    return {"pipeline_uint8_images_per_s": None, "device_augment_images_per_s": None}
+  return {"pipeline_uint8_images_per_s": pipeline_images_per_s(config, batches, True),
+          "device_augment_images_per_s": device_augment_images_per_s(config, shape)}
+
+
+def _paired_with_reference(official_dir, config, one_step, steps: int, warmup: int,
+                           rounds: int):
+  """Alternating rounds of `steps` sgan_jax steps and `steps` steps of the
+  authors' code, on the same machine and batch (`interop.timing`)."""
+  from sgan_jax.interop import timing  # pylint: disable=import-outside-toplevel
+  timer = timing.ReferenceTimer(official_dir, config)
+  own, ref = [], []
+  for r in range(rounds):
+    own.append(_seconds_per_call(one_step, steps, 0))
+    ref.append(timer.seconds_per_step(steps, warmup if r == 0 else 0))
+  return {**timing.paired_figures(own, ref, config.global_batch_size),
+          "reference_torch_threads": timer.threads}
+
+
 def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
-            phases: bool = True):
+            phases: bool = True, official_dir: str = "", paired_rounds: int = 3):
   """Every figure of the benchmark, as a flat dict (the phase split and the
-  plain-step overhead only with `phases`)."""
+  plain-step overhead only with `phases`; paired rounds against the authors'
+  step with `official_dir`)."""
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
   state = create_train_state(config, jax.random.PRNGKey(0), mesh)
@@ -212,6 +270,9 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
     result["structural_overhead"] = median / result["plain_step_time_s"]
     result["jacobian_share_of_d_phase"] = 1 - (result["d_phase_no_jacobian_time_s"]
                                                / result["d_phase_time_s"])
+  if official_dir:
+    result.update(_paired_with_reference(official_dir, config, one_step, steps,
+                                         warmup, paired_rounds))
   result.update(_peak_fractions(result["achieved_flops_per_s"]))
   result.update(_pipeline_figures(config, pipeline_batches, result["images_per_s"]))
   return result
@@ -219,10 +280,19 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
 
 def main(argv):
   del argv
+  if FLAGS.official_dir:
+    from sgan_jax.interop import timing  # pylint: disable=import-outside-toplevel
+    with cli.exit_on({config_lib.ConfigError: cli.USER_ERROR}):
+      timing.check_comparable(FLAGS.config, jax.default_backend())
+  cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches,
-                   FLAGS.phases)
+                   FLAGS.phases, FLAGS.official_dir, FLAGS.paired_rounds)
   for key, value in result.items():
+    if isinstance(value, list):
+      value = ", ".join(f"{v:.4g}" for v in value)
     print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
+  if cache is not None:
+    print(cache.summary())   # a loaded step makes compile_s a load time
   if FLAGS.json:
     storage.write_json(FLAGS.json, result)
 

@@ -8,6 +8,7 @@ import sys
 from typing import Dict, Type
 
 from absl import flags, logging
+import jax
 from ml_collections import config_flags
 
 from sgan_jax import config_lib
@@ -84,3 +85,50 @@ class _OwnInfoOnly(std_logging.Filter):
 
 def quiet_library_logs():
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
+# ------------------------------------------------ persistent compilation cache
+
+def default_cache_dir() -> str:
+  """`$JAX_COMPILATION_CACHE_DIR` if set, else `$XDG_CACHE_HOME/sgan_jax/xla`
+  (`~/.cache/sgan_jax/xla`)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "sgan_jax", "xla")
+
+
+def define_compilation_cache_flag():
+  flags.DEFINE_string(
+      "compilation_cache_dir", default_cache_dir(),
+      "JAX's persistent compilation cache: a later start of the same config "
+      "(resume, re-run, evaluate) loads the compiled step instead of compiling "
+      "it again. A local folder or gs:// URL; '' turns the cache off.")
+
+
+class CacheCounter:
+  """Counts the persistent cache's hits and misses (JAX's monitoring events)."""
+
+  def __init__(self):
+    self.hits = self.misses = 0
+    jax.monitoring.register_event_listener(self._on_event)
+
+  def _on_event(self, event, **_):
+    if event == "/jax/compilation_cache/cache_hits":
+      self.hits += 1
+    elif event == "/jax/compilation_cache/cache_misses":
+      self.misses += 1
+
+  def summary(self) -> str:
+    return (f"compilation cache {jax.config.jax_compilation_cache_dir}: "
+            f"{self.hits} program(s) loaded, {self.misses} compiled and stored")
+
+
+def use_compilation_cache(directory: str):
+  """Turns JAX's persistent compilation cache on in `directory` ('' leaves it
+  off). Programs that compile in under a second are not stored (JAX's
+  default). Returns a `CacheCounter`, or None when off."""
+  if not directory:
+    return None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  return CacheCounter()

@@ -14,7 +14,7 @@ import re
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sgan_jax import storage
+from sgan_jax import evaluators, storage
 
 from sgan_jax.models import discriminator, generator, layers
 
@@ -34,6 +34,7 @@ def reference_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # seeds init, the step's noise and the input order
   c.queue_size = 10240           # K, memory-queue rows; a multiple of the batch
   c.augment = True               # flip + random resized crop on real images (docs/method.md §5)
+  c.augment_on = "auto"          # "host" (tf.data), "device" (jitted, uint8 in); auto: device on GPU/TPU for fixed-size images
   c.nonfinite_rollbacks = 0      # on NaN/Inf: 0 stops; N > 0 rolls back to the last checkpoint and skips the batch, up to N times
   c.keep_checkpoints = 3         # newest checkpoints kept in workdir/checkpoints
   c.log_every_steps = 100        # progress line and metrics every N steps
@@ -64,6 +65,7 @@ def reference_config() -> ml_collections.ConfigDict:
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 256             # feature-extraction batch; the last one is padded
+  e.evaluators = ("knn", "linear", "svm", "kmeans")  # which run; ("knn",) is a cheap learning curve
   e.knn_k = 200                  # k-NN neighbours (§6)
   e.knn_temperature = 0.1        # k-NN vote weights exp(sim / temperature)
   e.knn_chunk = 512              # test rows per similarity block
@@ -128,6 +130,9 @@ def load_config(path_or_name: str) -> ml_collections.ConfigDict:
 # ------------------------------------------------------ configs of a workdir
 
 FIRST_CONFIG = "config.json"
+# Fields added after runs were made that do not change what a run computes;
+# a workdir's config without them takes today's default.
+_ADDED_SINCE = ("augment_on",)
 _RESUME_CONFIG = re.compile(r"config_resume_(\d+)\.json")
 
 
@@ -162,6 +167,9 @@ def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
     # settings that no longer exist are dropped.
     config.eval = reference_config().eval
     config.eval.update({k: v for k, v in stored["eval"].items() if k in config.eval})
+  for key in _ADDED_SINCE:   # where runs started before a field existed
+    if key not in config:
+      config[key] = reference_config()[key]
   try:
     validate(config)
   except ConfigError as e:
@@ -226,17 +234,15 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   if weights and not storage.exists(weights):
     raise ConfigError(f"eval.inception_weights: no file at {weights}; give the path of "
                       f"pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or '' to skip FID")
-  if not 0 < config.eval.val_fraction < 1:
-    raise ConfigError(f"eval.val_fraction must be in (0, 1), got "
-                      f"{config.eval.val_fraction}")
-  if config.eval.batch_size % num_devices:
-    raise ConfigError(f"eval.batch_size {config.eval.batch_size} must be "
-                      f"divisible by the number of devices ({num_devices})")
+  _check_eval(config.eval, num_devices)
   for every in ("log", "checkpoint", "sample", "eval"):
     positive[f"{every}_every_steps"] = config[f"{every}_every_steps"]
   for name, value in positive.items():
     if not value > 0:
       raise ConfigError(f"{name} must be positive, got {value}")
+  if config.augment_on not in ("auto", "host", "device"):
+    raise ConfigError(f"augment_on must be 'auto', 'host' or 'device', got "
+                      f"{config.augment_on!r}")
   if config.model.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype must be 'float32' or 'bfloat16', "
                       f"got {config.model.compute_dtype!r}")
@@ -244,6 +250,18 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   if subset is not None and len(subset) != config.num_classes:
     raise ConfigError(f"class_subset keeps {len(subset)} classes but "
                       f"num_classes is {config.num_classes}")
+
+
+def _check_eval(e, num_devices: int) -> None:
+  if not 0 < e.val_fraction < 1:
+    raise ConfigError(f"eval.val_fraction must be in (0, 1), got {e.val_fraction}")
+  if e.batch_size % num_devices:
+    raise ConfigError(f"eval.batch_size {e.batch_size} must be "
+                      f"divisible by the number of devices ({num_devices})")
+  unknown = [n for n in e.evaluators if n not in evaluators.NAMES]
+  if not e.evaluators or unknown or len(set(e.evaluators)) != len(e.evaluators):
+    raise ConfigError(f"eval.evaluators must name distinct evaluators among "
+                      f"{', '.join(evaluators.NAMES)}, got {tuple(e.evaluators)}")
 
 
 def class_subset_ids(config):

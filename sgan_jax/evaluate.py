@@ -32,6 +32,7 @@ flags.DEFINE_string("output_dir", None, "Where eval_<step>.json goes; default: "
 cli.define_config_overrides(
     "config", config_lib.reference_config(),
     "Overrides of the workdir's config, e.g. --config.eval.knn_k=20.")
+cli.define_compilation_cache_flag()
 flags.mark_flag_as_required("workdir")
 
 ERRORS = {checkpointing.CheckpointError: cli.USER_ERROR,
@@ -43,6 +44,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
+  cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   with cli.exit_on(ERRORS):
     config = config_lib.read_run_config(FLAGS.workdir)
     config.update_from_flattened_dict(
@@ -66,6 +68,8 @@ def main(argv):
   curve = storage.path(out) / curves.FILE if done else curves.plot(out)
   if curve is not None:
     print(f"wrote {curve}")
+  if cache is not None:
+    print(cache.summary())
 
 
 if __name__ == "__main__":

@@ -92,20 +92,23 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
       continue
     if model == "raw_pixels":
       sets = {"pixels": (pixels_train, pixels_test)}
-      names = PIXEL_EVALUATORS
+      names = [n for n in PIXEL_EVALUATORS if n in config.eval.evaluators]
     else:
       sets = {f: (feats_train[model][f], feats_test[model][f])
               for f in ("backbone", "embedding")}
-      names = evaluators.NAMES
+      names = [n for n in evaluators.NAMES if n in config.eval.evaluators]
       if model != "random_init":   # the online probe trained with D
         out[f"{model}/backbone/online_probe/top1"] = float(
             np.mean(feats_test[model]["probe_pred"] == y_test))
     for feature, (train_x, test_x) in sets.items():
       for name in names:
         check_stop()
+        t0 = time.time()
         scores = evaluators.get(name)((train_x, y_train), (test_x, y_test), n_cls,
                                       config.eval)
         out.update({f"{model}/{feature}/{name}/{k}": v for k, v in scores.items()})
+        logging.info("  %s %s %s: %s (%.1f s)", model, feature, name, ", ".join(
+            f"{k} {v:.4f}" for k, v in scores.items()), time.time() - t0)
   return out
 
 
@@ -184,6 +187,8 @@ class TrainingEvaluator:
                                num=len(y_test), batch=c.global_batch_size, seed=c.seed)
     if self._classifier is None:
       self.check_stop()
+      logging.info("  training the classifier of G's metrics (%d epochs)",
+                   c.eval.classifier_epochs)
       self._classifier = generator_eval.ClassifierMetrics(c)
       base = self._classifier.fit(pixels_train.reshape(shape), y_train,
                                   pixels_test.reshape(shape), y_test)
@@ -212,6 +217,7 @@ class TrainingEvaluator:
     if self._baseline is None:
       named["random_init"] = random_init_params(state.spec, self.config.seed,
                                                 self.mesh)
+    logging.info("Evaluating step %d: features of %s", step, ", ".join(named))
     splits = [extract_features(state.spec, named, self.config, self.builder, s,
                                self.mesh, self.check_stop)
               for s in (self.config.train_split, self.config.test_split)]

@@ -1,8 +1,9 @@
-"""TFDS + tf.data input: real-image augmentation (docs/method.md §5),
-per-process slices, deterministic order under a seed, prefetching onto the
-devices.
+"""TFDS + tf.data input: real-image augmentation (docs/method.md §5) on the
+host or handed to the device (`sgan_jax.augment`), per-process slices,
+deterministic order under a seed, prefetching onto the devices.
 """
 import collections
+import functools
 import os
 import socket
 from typing import Dict, Iterator
@@ -20,6 +21,7 @@ except ImportError as e:   # the package does not force a TensorFlow build
       "(Colab, TPU VM) already has") from e
 import tensorflow_datasets as tfds
 
+from sgan_jax import augment as device_augment
 from sgan_jax import config_lib, sharding, storage
 from sgan_jax import datasets  # importing it registers the project datasets with TFDS
 
@@ -217,8 +219,28 @@ def _maybe_cache(ds, builder, split):
   return ds
 
 
-def train_dataset(config, builder, start_step: int = 0) -> tf.data.Dataset:
-  """This process's endless stream of augmented training batches.
+def augments_on_device(config, builder) -> bool:
+  """Whether training batches are augmented on the device (`augment_on`):
+  'auto' does it on accelerators when the dataset's images have one fixed
+  size. Raises ConfigError for 'device' with images of varying sizes."""
+  if not config.augment:
+    return False
+  fixed = None not in builder.info.features["image"].shape
+  if config.augment_on == "device" and not fixed:
+    raise config_lib.ConfigError(
+        f"augment_on='device' needs images of one fixed size, and dataset "
+        f"'{config.dataset}' has images of varying sizes; use "
+        f"--config.augment_on=host (or auto)")
+  if config.augment_on == "auto":
+    return fixed and jax.default_backend() != "cpu"
+  return config.augment_on == "device"
+
+
+def train_dataset(config, builder, start_step: int = 0,
+                  on_device: bool = False) -> tf.data.Dataset:
+  """This process's endless stream of augmented training batches; with
+  `on_device`, of the un-augmented uint8 images (`sgan_jax.augment`
+  augments them on the device).
 
   The order is a function of (seed, process, step) only, so a run resumed at
   `start_step` sees exactly the batches the uninterrupted run would have.
@@ -233,11 +255,14 @@ def train_dataset(config, builder, start_step: int = 0) -> tf.data.Dataset:
   size = config.image_size
 
   def prepare(index, image, label):
+    label = tf.cast(label, tf.int32)
+    if on_device:
+      return {"image": tf.cast(image, tf.uint8), "label": label}
     if config.augment:
       image = augment(image, size, tf.stack([tf.cast(seed, tf.int64), index]))
     else:
       image = center_resize(image, size)
-    return {"image": _to_unit_range(image), "label": tf.cast(label, tf.int32)}
+    return {"image": _to_unit_range(image), "label": label}
   ds = ds.map(lambda i, ex: prepare(i, *ex), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options())
@@ -283,5 +308,17 @@ def prefetch_to_mesh(batches: Iterator, mesh, size: int = 2) -> Iterator:
 
 def train_iterator(config, builder, mesh, start_step: int = 0) -> Iterator:
   """Global, device-resident training batches starting at `start_step`."""
-  return prefetch_to_mesh(train_dataset(config, builder, start_step)
-                          .as_numpy_iterator(), mesh)
+  on_device = augments_on_device(config, builder)
+  batches = prefetch_to_mesh(train_dataset(config, builder, start_step, on_device)
+                             .as_numpy_iterator(), mesh)
+  if not on_device:
+    return batches
+  return _augmented_on_device(batches, config, mesh, start_step)
+
+
+def _augmented_on_device(batches, config, mesh, start_step):
+  fn = jax.jit(functools.partial(device_augment.augment_batch, seed=config.seed,
+                                 size=config.image_size),
+               out_shardings=sharding.batch_sharding(mesh))
+  for step, batch in enumerate(batches, start_step):
+    yield dict(batch, image=fn(batch["image"], step))

@@ -25,6 +25,7 @@ flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count."
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
                   "auto-detected settings (TPU pod slices, SLURM, ...).")
+cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 ERRORS = {
@@ -42,6 +43,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
+  cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.distributed)
   logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
@@ -52,6 +54,8 @@ def main(argv):
   except guards.StopRequested as e:
     logging.warning("%s before the first step: nothing new to save; exiting.", e)
     return
+  if cache is not None:
+    logging.info(cache.summary())
   step = int(state.step)
   results = evaluation.read_json(FLAGS.workdir, step)
   if jax.process_index() == 0 and results is not None:

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from sgan_jax import (checkpointing, config_lib, evaluation, guards,
-                      input_pipeline, metric_io, samples, sharding, storage)
+                      input_pipeline, metric_io, samples, sharding, storage, utils)
 from sgan_jax.state import TrainState, abstract_train_state, create_train_state
 from sgan_jax.step import make_train_step
 
@@ -55,6 +55,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   config_lib.validate(config, jax.process_count(), jax.device_count())
   with guards.StopSignals() as stop:
     builder = input_pipeline.get_builder(config)   # fails fast if unavailable
+    on_device = input_pipeline.augments_on_device(config, builder)   # ... or unsuited
+    logging.info("Augmenting on the %s", "device" if on_device else "host (tf.data)")
     stop.raise_if_requested("while preparing the dataset")
     storage.makedirs(workdir)
     input_pipeline.check_classes(config, builder, workdir,
@@ -139,6 +141,9 @@ class _Trainer:
       if step == start + 1:   # time steps, not compilation
         jax.block_until_ready(metrics)
         self._t0, self._last_logged = time.time(), step
+        logging.info("Step %d done, %.1f s after the process started (imports, "
+                     "dataset, initialisation and compilation included)", step,
+                     utils.seconds_since_process_start())
       due = {k: _due(step, config[f"{k}_every_steps"], total)
              for k in ("log", "sample", "checkpoint", "eval")}
       stopping = self.stop.check()

@@ -1,5 +1,7 @@
 """Array and tree helpers shared by the losses, the networks, the evaluators,
 checkpointing and the PyTorch interop (one definition each)."""
+import os
+import time
 from typing import Any, Callable, Dict, Tuple
 
 import jax
@@ -44,3 +46,19 @@ def map_in_batches(fn: Callable, rows, batch: int) -> Tuple[np.ndarray, ...]:
       chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
     outs.append([np.asarray(o)[:n] for o in jax.device_get(fn(jnp.asarray(chunk)))])
   return tuple(np.concatenate(parts) for parts in zip(*outs))
+
+
+_IMPORTED = time.time()
+
+
+def seconds_since_process_start() -> float:
+  """Wall seconds since this process started (Linux: from /proc; elsewhere:
+  since sgan_jax.utils was imported)."""
+  try:
+    with open("/proc/self/stat") as f:
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, starttime
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError):
+    return time.time() - _IMPORTED

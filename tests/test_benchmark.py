@@ -3,7 +3,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sgan_jax import benchmark, flops
+from sgan_jax import benchmark, config_lib, flops
+from sgan_jax.interop import timing
 from sgan_jax.models import Discriminator
 
 
@@ -46,10 +47,32 @@ def test_benchmark_reports_every_field(tiny_digits):
   assert result["step_flops"] > result["plain_step_flops"]
   for key in ("compile_s", "step_time_median_s", "images_per_s", "achieved_flops_per_s",
               "structural_overhead", "matmul_peak_fp32_flops_per_s",
-              "fraction_of_fp32_peak", "pipeline_images_per_s", "pipeline_to_step_ratio"):
+              "fraction_of_fp32_peak", "pipeline_images_per_s", "pipeline_to_step_ratio",
+              "pipeline_uint8_images_per_s", "device_augment_images_per_s"):
     assert isinstance(result[key], float) and result[key] > 0, key
   # A difference of two timings: its sign depends on the machine's load (it
   # went negative on a busy machine), so only its definition is checked.
   assert result["jacobian_share_of_d_phase"] == pytest.approx(
       1 - result["d_phase_no_jacobian_time_s"] / result["d_phase_time_s"])
   assert result["backend"] == "cpu" and result["global_batch_size"] == 8
+
+
+def test_the_authors_step_is_only_timed_where_it_compares():
+  reference = config_lib.reference_config()
+  timing.check_comparable(reference, "cpu")
+  wider = config_lib.reference_config()
+  wider.model.g_ch = 64
+  with pytest.raises(config_lib.ConfigError, match="reference architecture"):
+    timing.check_comparable(wider, "cpu")
+  with pytest.raises(config_lib.ConfigError, match="JAX_PLATFORMS=cpu"):
+    timing.check_comparable(reference, "gpu")
+
+
+def test_paired_figures():
+  own, ref = [[1.0, 3.0, 2.0], [2.0, 2.5, 4.0]], [[4.0, 5.0, 6.0], [3.0, 8.0, 5.0]]
+  got = timing.paired_figures(own, ref, batch=32)
+  assert got["round_medians_s"] == [2.0, 2.5] and got["reference_round_medians_s"] == [5.0, 5.0]
+  assert got["paired_step_time_median_s"] == 2.25   # median of all six
+  assert got["reference_step_time_median_s"] == 5.0
+  assert got["step_time_ratio_to_reference"] == pytest.approx(0.45)
+  assert got["reference_images_per_s"] == pytest.approx(6.4)

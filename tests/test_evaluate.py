@@ -241,10 +241,29 @@ def test_an_older_runs_config_takes_todays_evaluation_settings(tmp_path):
   stored["eval"]["probe_lr"] = 0.01
   stored["eval"]["knn_k"] = 7
   stored["num_train_steps"] = 123
+  stored.pop("augment_on")   # added later; does not change what a run computes
   (tmp_path / "config.json").write_text(json.dumps(stored))
   config = config_lib.read_run_config(str(tmp_path))
   assert config.eval.svm_c is None and "probe_lr" not in config.eval
   assert config.eval.knn_k == 7 and config.num_train_steps == 123
+  assert config.augment_on == "auto"
+
+
+def test_evaluators_setting_runs_only_those(tiny_config):
+  x, y = gaussian_clusters(3, per_class=20, classes=3, dim=8, spread=1.5)
+  feats = {m: {"backbone": x + i, "embedding": x * (i + 1), "probe_pred": y}
+           for i, m in enumerate(("d_ema", "d", "random_init"))}
+  split = (y, x, feats)
+  config = tiny_config(num_classes=3)
+  full = evaluation.run_evaluators(config, split, split)
+  config.eval.evaluators = ("knn",)
+  only = evaluation.run_evaluators(config, split, split)
+  assert {k.split("/")[2] for k in only} == {"knn", "online_probe"}
+  assert only == {k: v for k, v in full.items() if k in only}
+  assert len(only) == 3 * 2 + 1 + 2   # knn of 3 models x 2 features, pixels, 2 probes
+  config.eval.evaluators = ("knn", "svn")
+  with pytest.raises(config_lib.ConfigError, match="eval.evaluators must name"):
+    config_lib.validate(config)
 
 
 def test_the_table_shows_g_and_fid_columns_only_when_measured():

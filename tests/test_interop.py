@@ -168,6 +168,7 @@ def test_injected_spectral_vectors_drive_g(tiny_state):
 # ------------------------------------------------ parity with the authors' code
 
 OFFICIAL_DIR = os.environ.get("OFFICIAL_DIR")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_official = pytest.mark.skipif(
     not (_HAVE_TORCH and OFFICIAL_DIR),
@@ -260,3 +261,22 @@ def test_a_checkpoint_that_would_run_code_is_refused_not_executed(tmp_path):
   with pytest.raises(pytorch.ConversionError, match="it could run code"):
     pytorch.load_reference_checkpoint(str(tmp_path / "bad.pth.tar"))
   assert not marker.exists()
+
+
+@pytest.mark.interop
+@needs_official
+def test_benchmark_times_the_authors_step_in_alternating_rounds():
+  proc = subprocess.run(
+      [sys.executable, "-m", "sgan_jax.benchmark", "--config=configs/cifar10.py",
+       "--config.global_batch_size=2", "--steps=1", "--warmup=0", "--nophases",
+       "--pipeline_batches=0", "--paired_rounds=2", f"--official_dir={OFFICIAL_DIR}"],
+      capture_output=True, text=True, timeout=1200, cwd=ROOT)
+  print(proc.stdout[-3000:], proc.stderr[-3000:])
+  assert proc.returncode == 0
+  figures = dict(line.strip().split(": ", 1) for line in proc.stdout.splitlines()
+                 if ": " in line)
+  assert figures["paired_rounds"] == "2"
+  assert len(figures["reference_round_medians_s"].split(", ")) == 2
+  ratio = float(figures["step_time_ratio_to_reference"])
+  assert ratio == pytest.approx(float(figures["paired_step_time_median_s"])
+                                / float(figures["reference_step_time_median_s"]), rel=1e-3)

@@ -34,11 +34,12 @@ def test_colab_then_explore_notebooks(tmp_path, root):
   workdir = str(tmp_path / "run")
   colab = execute(root, "colab_tpu.ipynb", {
       "CONFIG": "tiny", "WORKDIR": workdir,
-      "REQUIRE_TPU": False,
+      "REQUIRE_TPU": False, "COMPILATION_CACHE": str(tmp_path / "xla"),
       "OVERRIDES": {"dataset": "sklearn_digits", "data_dir": str(tmp_path / "tfds"),
                     "eval.knn_k": 20}}, str(tmp_path))
   text = outputs_text(colab)
   assert "finished at step 4" in text
+  assert f"compilation cache {tmp_path / 'xla'}: 0 program(s) loaded" in text
   assert "raw_pixels" in text and "d_ema" in text   # the evaluation table
   assert images_shown(colab) >= 2                   # samples and losses
   explore = execute(root, "explore.ipynb", {"WORKDIR": workdir, "NUM_QUERIES": 4},

@@ -132,9 +132,9 @@ class ReferenceTrainer:
     return {"state_dict_D": np_sd(self.model_d), "moment_state_dict_D": np_sd(self.moment_d),
             "state_dict_G": np_sd(self.model_g), "moment_state_dict_G": np_sd(self.moment_g)}
 
-  def step(self, img, label, z_d, z_g, u, after_d_update=None):
-    """`main_cls.train`'s loop body for one batch (KNN=1, weights 3/5/20/1).
-    `after_d_update()`, if given, runs between the D and the G phase."""
+  def step(self, img, label, z_d, z_g, u, after_d_update=None, collect=True):
+    """`main_cls.train`'s loop body for one batch (KNN=1, weights 3/5/20/1); `after_d_update()`
+    runs between the phases. Returns (values, gradients), or None with `collect=False`."""
     torch, ref = self.torch, self.ref
     img, label = torch.from_numpy(img).to(self.dtype), torch.from_numpy(label).long()
     z_d, z_g, u = (torch.from_numpy(a).to(self.dtype) for a in (z_d, z_g, u))
@@ -188,6 +188,8 @@ class ReferenceTrainer:
       for p, q in zip(online.parameters(), ema.parameters()):
         q.data = q.data * self.momentum + p.data * (1. - self.momentum)
     model_d.module.dequeue_and_enqueue(norm_embed, bg_feat)
+    if not collect:
+      return None
     values = {k: v.detach().numpy().astype(np.float64) for k, v in out.items()}
     return values, self.with_params(grads_d, grads_g)
 

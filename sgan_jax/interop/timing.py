@@ -1,0 +1,84 @@
+"""Times the authors' PyTorch training step next to sgan_jax's
+(`python -m sgan_jax.benchmark --official_dir=DIR`).
+
+The authors' step is `ReferenceTrainer.step` (their modules, loss functions
+and optimisers; `collect=False`, so nothing is copied out) on random images
+in [-1, 1] and random z, u and labels, float32, in PyTorch's default thread
+count. Their networks exist at one architecture only, the reference's
+(`configs/cifar10.py`: ResNet-18 D, BigGAN G at 32x32), so only that model
+config can be compared. PyTorch runs on the CPU: on an accelerator backend the
+comparison is refused rather than timed on another device.
+"""
+import statistics
+import time
+
+import numpy as np
+
+from sgan_jax import config_lib
+from sgan_jax.state import StepSpec
+
+
+def check_comparable(config, backend: str) -> None:
+  """Raises ConfigError, in one line, when the authors' step cannot be timed
+  against `config`'s on `backend`."""
+  reference = config_lib.reference_config()
+  if (config.model.to_dict() != reference.model.to_dict()
+      or config.image_size != reference.image_size):
+    raise config_lib.ConfigError(
+        "--official_dir times the authors' networks, which exist only at the "
+        "reference architecture (configs/cifar10.py: image_size 32 and its "
+        "model.* fields); drop the --config.model.* / image_size overrides")
+  if backend != "cpu":
+    raise config_lib.ConfigError(
+        f"--official_dir runs the authors' step on the CPU, but JAX runs on "
+        f"'{backend}': timing them on different devices compares nothing; run "
+        f"with JAX_PLATFORMS=cpu")
+
+
+class ReferenceTimer:
+  """The authors' trainer at `config`'s batch, timed step by step."""
+
+  def __init__(self, official_dir: str, config, seed: int = 0):
+    # torch only here: the benchmark runs without it when not comparing.
+    import torch  # pylint: disable=import-outside-toplevel
+    from sgan_jax.interop import reference  # pylint: disable=import-outside-toplevel
+    self.torch = torch
+    spec = StepSpec.from_config(config)
+    self.trainer = reference.ReferenceTrainer(
+        reference.import_reference(official_dir), spec, seed, "float32")
+    n, rng = config.global_batch_size, np.random.default_rng(seed)
+    self.args = (rng.uniform(-1, 1, (n, 3, spec.image_size, spec.image_size)).astype(np.float32),
+                 rng.integers(0, spec.num_classes, n).astype(np.int64),
+                 rng.standard_normal((n, spec.z_dim)).astype(np.float32),
+                 rng.standard_normal((n, spec.z_dim)).astype(np.float32),
+                 rng.standard_normal((2 * n, spec.embed_dim)).astype(np.float32))
+
+  @property
+  def threads(self) -> int:
+    return self.torch.get_num_threads()
+
+  def seconds_per_step(self, steps: int, warmup: int):
+    """Wall seconds of each of `steps` steps after `warmup` untimed ones."""
+    for _ in range(warmup):
+      self.trainer.step(*self.args, collect=False)
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      self.trainer.step(*self.args, collect=False)
+      times.append(time.perf_counter() - t0)
+    return times
+
+
+def paired_figures(own_times, reference_times, batch: int):
+  """The figures of paired rounds: per-round medians of each, the overall
+  medians and the ratio sgan_jax / authors (below 1: sgan_jax is faster)."""
+  own = [statistics.median(t) for t in own_times]
+  ref = [statistics.median(t) for t in reference_times]
+  own_all = statistics.median([x for t in own_times for x in t])
+  ref_all = statistics.median([x for t in reference_times for x in t])
+  return {"paired_rounds": len(own), "round_medians_s": own,
+          "reference_round_medians_s": ref,
+          "reference_step_time_median_s": ref_all,
+          "reference_images_per_s": batch / ref_all,
+          "paired_step_time_median_s": own_all,
+          "step_time_ratio_to_reference": own_all / ref_all}
