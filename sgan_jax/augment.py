@@ -1,5 +1,6 @@
 """The training augmentation on the device: random resized crop and flip of a
-uint8 batch, jitted (docs/method.md §5).
+uint8 batch, jitted (docs/method.md, section 5 "Defaults: optimisation and
+data").
 
 The same augmentation as the host pipeline (`input_pipeline.augment`, in
 tf.data), computed on the accelerator: the host then only decodes, shuffles
@@ -129,8 +130,15 @@ def row_keys(seed: int, step, num_rows: int):
 
 def augment_batch(images, step, *, seed: int, size: int):
   """uint8 images [N, H, W, C] -> augmented float32 [N, size, size, C] in
-  [-1, 1] (the training batch's range); jit it with `seed` and `size` bound."""
+  [-1, 1] (the training batch's range); `jitted` compiles it."""
   keys = row_keys(seed, step, images.shape[0])
   out = jax.vmap(functools.partial(_augment_row, size=size))(keys, images)
   # XLA turns the division into a product with 1/127.5, which can overshoot 1.
   return jnp.clip(out / 127.5 - 1.0, -1.0, 1.0)
+
+
+def jitted(seed: int, size: int, out_sharding=None):
+  """`augment_batch` jitted for `seed` and `size`: `fn(images, step)`, its
+  output laid out as `out_sharding` (e.g. the batch sharding of a mesh)."""
+  return jax.jit(functools.partial(augment_batch, seed=seed, size=size),
+                 out_shardings=out_sharding)

@@ -21,7 +21,6 @@ Prints, and writes as JSON:
   augmentation splits it (the host's uint8 decode-and-batch; the jitted
   augmentation on the devices).
 """
-import functools
 import os
 import platform
 import statistics
@@ -127,15 +126,15 @@ def matmul_peak_flops(dtype=jnp.float32, size=2048, repeats=5):
   return 2 * size ** 3 / best
 
 
-def pipeline_images_per_s(config, batches, on_device: bool = False):
+def pipeline_images_per_s(config, batches, on_device: bool = False, builder=None):
   """The TFDS pipeline alone, in images/s: with the augmentation on the host,
   or (`on_device`) the host's part of device augmentation (decode, shuffle,
-  batch uint8)."""
+  batch uint8). `builder`: the dataset's (default: `get_builder(config)`)."""
   # TensorFlow only here: the step's figures need JAX alone (accelerator
   # images without TensorFlow can still run the benchmark).
   from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  ds = input_pipeline.train_dataset(config, input_pipeline.get_builder(config),
-                                    on_device=on_device)
+  builder = builder or input_pipeline.get_builder(config)
+  ds = input_pipeline.train_dataset(config, builder, on_device=on_device)
   it = ds.as_numpy_iterator()
   next(it)   # start-up (file opening, caches) is not throughput
   t0 = time.perf_counter()
@@ -152,8 +151,7 @@ def device_augment_images_per_s(config, source_shape, steps: int = 20, warmup: i
   images = jax.device_put(
       np.random.default_rng(0).integers(0, 256, (config.global_batch_size,) + tuple(source_shape),
                                         dtype=np.uint8), sharding.batch_sharding(mesh))
-  fn = jax.jit(functools.partial(augment.augment_batch, seed=0, size=config.image_size),
-               out_shardings=sharding.batch_sharding(mesh))
+  fn = augment.jitted(0, config.image_size, sharding.batch_sharding(mesh))
   seconds = statistics.median(_seconds_per_call(lambda: fn(images, 0), steps, warmup))
   return config.global_batch_size / seconds
 
@@ -196,11 +194,13 @@ def _pipeline_figures(config, batches: int, step_images_per_s: float):
   out = {"pipeline_images_per_s": None, "pipeline_note": "skipped (--pipeline_batches=0)"}
   if batches:
     try:
-      out["pipeline_images_per_s"] = pipeline_images_per_s(config, batches)
+      from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+      builder = input_pipeline.get_builder(config)
+      out["pipeline_images_per_s"] = pipeline_images_per_s(config, batches, builder=builder)
       out["pipeline_note"] = (f"{config.dataset}, augment={config.augment} on the host, "
                               f"{os.cpu_count()} host cores")
       if config.augment:
-        out.update(_device_augment_figures(config, batches))
+        out.update(_device_augment_figures(config, batches, builder))
     except Exception as e:  # no TensorFlow or no data here: say so, go on
       out["pipeline_note"] = f"not measured: {type(e).__name__}: {e}"[:300]
   rate = out["pipeline_images_per_s"]
@@ -208,14 +208,14 @@ def _pipeline_figures(config, batches: int, step_images_per_s: float):
   return out
 
 
-def _device_augment_figures(config, batches: int):
+def _device_augment_figures(config, batches: int, builder):
   """The host's part and the device's part of device augmentation, where the
   dataset's images have one size (None otherwise)."""
   from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  shape = input_pipeline.get_builder(config).info.features["image"].shape
-  if None in shape:
+  shape = input_pipeline.fixed_image_shape(builder)
+  if shape is None:
     return {"pipeline_uint8_images_per_s": None, "device_augment_images_per_s": None}
-  return {"pipeline_uint8_images_per_s": pipeline_images_per_s(config, batches, True),
+  return {"pipeline_uint8_images_per_s": pipeline_images_per_s(config, batches, True, builder),
           "device_augment_images_per_s": device_augment_images_per_s(config, shape)}
 
 
@@ -228,7 +228,7 @@ def _paired_with_reference(official_dir, config, one_step, steps: int, warmup: i
   own, ref = [], []
   for r in range(rounds):
     own.append(_seconds_per_call(one_step, steps, 0))
-    ref.append(timer.seconds_per_step(steps, warmup if r == 0 else 0))
+    ref.append(_seconds_per_call(timer.step, steps, warmup if r == 0 else 0))
   return {**timing.paired_figures(own, ref, config.global_batch_size),
           "reference_torch_threads": timer.threads}
 

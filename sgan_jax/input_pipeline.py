@@ -1,9 +1,8 @@
-"""TFDS + tf.data input: real-image augmentation (docs/method.md §5) on the
+"""TFDS + tf.data input: real-image augmentation (docs/method.md, section 5) on the
 host or handed to the device (`sgan_jax.augment`), per-process slices,
 deterministic order under a seed, prefetching onto the devices.
 """
 import collections
-import functools
 import os
 import socket
 from typing import Dict, Iterator
@@ -219,13 +218,19 @@ def _maybe_cache(ds, builder, split):
   return ds
 
 
+def fixed_image_shape(builder):
+  """The (H, W, C) every image of the dataset has, or None where sizes vary."""
+  shape = tuple(builder.info.features["image"].shape)
+  return None if None in shape else shape
+
+
 def augments_on_device(config, builder) -> bool:
   """Whether training batches are augmented on the device (`augment_on`):
   'auto' does it on accelerators when the dataset's images have one fixed
   size. Raises ConfigError for 'device' with images of varying sizes."""
   if not config.augment:
     return False
-  fixed = None not in builder.info.features["image"].shape
+  fixed = fixed_image_shape(builder) is not None
   if config.augment_on == "device" and not fixed:
     raise config_lib.ConfigError(
         f"augment_on='device' needs images of one fixed size, and dataset "
@@ -317,8 +322,6 @@ def train_iterator(config, builder, mesh, start_step: int = 0) -> Iterator:
 
 
 def _augmented_on_device(batches, config, mesh, start_step):
-  fn = jax.jit(functools.partial(device_augment.augment_batch, seed=config.seed,
-                                 size=config.image_size),
-               out_shardings=sharding.batch_sharding(mesh))
+  fn = device_augment.jitted(config.seed, config.image_size, sharding.batch_sharding(mesh))
   for step, batch in enumerate(batches, start_step):
     yield dict(batch, image=fn(batch["image"], step))

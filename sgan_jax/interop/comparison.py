@@ -15,6 +15,16 @@ from sgan_jax.utils import path_names
 # conditioned quantity (G's gradient, ~1e5) must agree to far better than this.
 FLOAT64_TOLERANCE = 1e-8
 
+def draw_step_inputs(rng, spec, batch):
+  """A step's inputs for the authors' trainer, float64 NumPy: images [N, 3,
+  H, W] in [-1, 1] (their layout), labels, z_d, z_g, and u [2N, embed]."""
+  return (rng.uniform(-1, 1, (batch, 3, spec.image_size, spec.image_size)),
+          rng.integers(0, spec.num_classes, batch).astype(np.int32),
+          rng.standard_normal((batch, spec.z_dim)),
+          rng.standard_normal((batch, spec.z_dim)),
+          rng.standard_normal((2 * batch, spec.embed_dim)))
+
+
 def synced_state(trainer, template):
   """An sgan_jax state equal to the reference's current one: networks, EMAs,
   G's buffers, queue and the Adam moments."""

@@ -62,14 +62,6 @@ def compare(state, values, reference, values_ref):
   return out, (int(state.queue_ptr), int(reference.queue_ptr))
 
 
-def _draw(rng, spec, batch):
-  return (rng.uniform(-1, 1, (batch, 3, spec.image_size, spec.image_size)),
-          rng.integers(0, spec.num_classes, batch).astype(np.int32),
-          rng.standard_normal((batch, spec.z_dim)),
-          rng.standard_normal((batch, spec.z_dim)),
-          rng.standard_normal((2 * batch, spec.embed_dim)))
-
-
 def _row(step, pointers, diffs, twin):
   passed = pointers[0] == pointers[1] and all(
       diffs[c] <= max(comparison.FLOAT64_TOLERANCE, CONTROL_FACTOR * twin[c])
@@ -108,7 +100,7 @@ def run(official_dir: str, batch: int = 4, seed: int = 0, steps: int = 20,
     jax_step = comparison.make_jax_functions(spec64)[0]
     state = comparison.synced_state(trainer, template)
     for step in range(1, steps + 1):
-      args = _draw(rng, spec, batch)
+      args = comparison.draw_step_inputs(rng, spec, batch)
       values_ref, _ = trainer.step(*args)
       twin.perturb((-1) ** step * TWIN_PERTURBATION)
       values_twin, _ = twin.step(*args)

@@ -1,5 +1,5 @@
 """Times the authors' PyTorch training step next to sgan_jax's
-(`python -m sgan_jax.benchmark --official_dir=DIR`).
+(`python -m sgan_jax.benchmark --official_dir=DIR`, which times `ReferenceTimer.step`).
 
 The authors' step is `ReferenceTrainer.step` (their modules, loss functions
 and optimisers; `collect=False`, so nothing is copied out) on random images
@@ -10,11 +10,11 @@ config can be compared. PyTorch runs on the CPU: on an accelerator backend the
 comparison is refused rather than timed on another device.
 """
 import statistics
-import time
 
 import numpy as np
 
 from sgan_jax import config_lib
+from sgan_jax.interop import comparison
 from sgan_jax.state import StepSpec
 
 
@@ -46,27 +46,19 @@ class ReferenceTimer:
     spec = StepSpec.from_config(config)
     self.trainer = reference.ReferenceTrainer(
         reference.import_reference(official_dir), spec, seed, "float32")
-    n, rng = config.global_batch_size, np.random.default_rng(seed)
-    self.args = (rng.uniform(-1, 1, (n, 3, spec.image_size, spec.image_size)).astype(np.float32),
-                 rng.integers(0, spec.num_classes, n).astype(np.int64),
-                 rng.standard_normal((n, spec.z_dim)).astype(np.float32),
-                 rng.standard_normal((n, spec.z_dim)).astype(np.float32),
-                 rng.standard_normal((2 * n, spec.embed_dim)).astype(np.float32))
+    inputs = comparison.draw_step_inputs(np.random.default_rng(seed), spec,
+                                         config.global_batch_size)
+    # float32 already, so the timed step does not also convert the batch.
+    self.args = tuple(a.astype(np.float32) if a.dtype == np.float64 else a
+                      for a in inputs)
 
   @property
   def threads(self) -> int:
     return self.torch.get_num_threads()
 
-  def seconds_per_step(self, steps: int, warmup: int):
-    """Wall seconds of each of `steps` steps after `warmup` untimed ones."""
-    for _ in range(warmup):
-      self.trainer.step(*self.args, collect=False)
-    times = []
-    for _ in range(steps):
-      t0 = time.perf_counter()
-      self.trainer.step(*self.args, collect=False)
-      times.append(time.perf_counter() - t0)
-    return times
+  def step(self):
+    """One step of the authors' code on the fixed inputs (nothing copied out)."""
+    self.trainer.step(*self.args, collect=False)
 
 
 def paired_figures(own_times, reference_times, batch: int):
