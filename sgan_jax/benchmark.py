@@ -1,7 +1,8 @@
 """Throughput and cost model of the training step.
 
 `python -m sgan_jax.benchmark --config=configs/cifar10.py [--steps=N]
- [--json=out.json] [--config.global_batch_size=...] [--official_dir=DIR]`
+ [--json=out.json] [--config.global_batch_size=...] [--official_dir=DIR]
+ [--profile_dir=DIR]`
 
 Prints, and writes as JSON:
 - the compile time, the median step time over N timed steps (after warm-up)
@@ -16,6 +17,9 @@ Prints, and writes as JSON:
 - with `--official_dir`, the authors' PyTorch step at the same batch, in
   `--paired_rounds` rounds alternating with sgan_jax's (`interop.timing`),
   and the ratio of the two medians;
+- with `--profile_dir`, a `jax.profiler` trace of two steps there and the
+  costliest operations in it, each with the model code it came from
+  (`profiling`);
 - the TFDS input pipeline's images/s alone, where TensorFlow and the dataset
   are available: with the augmentation on the host, and split as device
   augmentation splits it (the host's uint8 decode-and-batch; the jitted
@@ -32,7 +36,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from sgan_jax import augment, cli, config_lib, flops, losses, sharding, step, storage
+from sgan_jax import (augment, cli, config_lib, flops, losses, profiling, sharding,
+                      step, storage)
 from sgan_jax.state import create_train_state
 
 FLAGS = flags.FLAGS
@@ -50,6 +55,8 @@ flags.DEFINE_integer("paired_rounds", 3, "With --official_dir: rounds of --steps
                      "steps each, sgan_jax then the authors'.")
 flags.DEFINE_integer("pipeline_batches", 50, "Batches timed for the input "
                      "pipeline (0 skips it).")
+flags.DEFINE_string("profile_dir", "", "Also trace 2 steps with jax.profiler into "
+                    "this folder and print the costliest operations.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -233,11 +240,20 @@ def _paired_with_reference(official_dir, config, one_step, steps: int, warmup: i
           "reference_torch_threads": timer.threads}
 
 
+def _profile(one_step, compiled, profile_dir: str, calls: int = 2):
+  """A trace of `calls` steps and the costliest operations in it (`profiling`)."""
+  trace_file = profiling.trace(one_step, calls, profile_dir)
+  ops = profiling.costliest_ops(trace_file, compiled.as_text(), calls)
+  return {"profile_trace": trace_file,
+          "costliest_ops": [f"{s:.4f} s/step  {op}  {name}" for s, op, name in ops]}
+
+
 def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
-            phases: bool = True, official_dir: str = "", paired_rounds: int = 3):
+            phases: bool = True, official_dir: str = "", paired_rounds: int = 3,
+            profile_dir: str = ""):
   """Every figure of the benchmark, as a flat dict (the phase split and the
   plain-step overhead only with `phases`; paired rounds against the authors'
-  step with `official_dir`)."""
+  step with `official_dir`; a profile of two steps with `profile_dir`)."""
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
   state = create_train_state(config, jax.random.PRNGKey(0), mesh)
@@ -270,6 +286,8 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
     result["structural_overhead"] = median / result["plain_step_time_s"]
     result["jacobian_share_of_d_phase"] = 1 - (result["d_phase_no_jacobian_time_s"]
                                                / result["d_phase_time_s"])
+  if profile_dir:
+    result.update(_profile(one_step, compiled, profile_dir))
   if official_dir:
     result.update(_paired_with_reference(official_dir, config, one_step, steps,
                                          warmup, paired_rounds))
@@ -286,8 +304,12 @@ def main(argv):
       timing.check_comparable(FLAGS.config, jax.default_backend())
   cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches,
-                   FLAGS.phases, FLAGS.official_dir, FLAGS.paired_rounds)
+                   FLAGS.phases, FLAGS.official_dir, FLAGS.paired_rounds,
+                   FLAGS.profile_dir)
   for key, value in result.items():
+    if key == "costliest_ops":
+      print(f"{key:>30}:", *value, sep="\n  ")
+      continue
     if isinstance(value, list):
       value = ", ".join(f"{v:.4g}" for v in value)
     print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")

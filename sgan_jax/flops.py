@@ -5,8 +5,8 @@ Counts the two operations that dominate this model's cost, matmuls
 multiply-add, recursing into every sub-jaxpr (jit, custom derivatives,
 loops times their trip count). Elementwise work is left out. Because the
 count is taken on the *differentiated* program, it includes exactly the
-backward passes, the Jacobian power iteration and the double backprop that
-the step performs.
+backward passes, the Jacobian power iteration and the differentiation
+through it that the step performs.
 """
 import math
 

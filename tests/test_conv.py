@@ -1,8 +1,10 @@
 """The CPU convolution path (`layers.conv2d`) against XLA's convolution.
 
-On the CPU backend 1x1 convolutions run as matmuls; every shape the reference
-networks use must give XLA's values and derivatives (first order, and the
-second order that the Jacobian term takes through a VJP) to float32 accuracy.
+On the CPU backend 1x1 convolutions run as matmuls, and 3x3 ones with few
+outputs (G's RGB layer) as a matmul and shifted sums; every such shape the
+reference networks use must give XLA's values and derivatives (first order,
+and the second order that the Jacobian term takes through a JVP, or through a
+VJP) to float32 accuracy.
 """
 import collections
 import functools
@@ -49,20 +51,41 @@ def _one_by_one():
   return [s for s in _reference_conv_shapes() if s[1][:2] == (1, 1)]
 
 
+def _narrow():
+  return [s for s in _reference_conv_shapes()
+          if s[1][:2] == (3, 3) and s[1][-1] <= layers.NARROW_OUTPUT_CHANNELS]
+
+
 def test_the_networks_use_1x1_and_3x3_stride_1_same_convs_only():
   kernels = {k[:2] for _, k in _reference_conv_shapes()}
   assert kernels == {(1, 1), (3, 3)}
   assert len(_one_by_one()) >= 8   # D's shortcuts and G's bottlenecks
+  assert _narrow() == [((32, 32, 512), (3, 3, 512, 3))]   # G's output layer
 
 
 def test_matmul_1x1_equals_xla_conv_with_derivatives_for_every_shape():
   shapes = _one_by_one()
   assert shapes
   for hwc, kernel_shape in shapes:
-    _check_1x1(hwc, kernel_shape)
+    _check_cpu_form(hwc, kernel_shape)
 
 
-def _check_1x1(hwc, kernel_shape):
+def test_narrow_conv_equals_xla_conv_with_derivatives():
+  for hwc, kernel_shape in _narrow() + [((5, 7, 4), (3, 3, 4, 1)), ((6, 6, 9), (5, 5, 9, 16))]:
+    _check_cpu_form(hwc, kernel_shape)
+
+
+def _numpy_conv(x, w):
+  """float64 'same' convolution, stride 1, by its definition."""
+  ks = w.shape[0]
+  p = ks // 2
+  xp = np.pad(np.float64(x), ((0, 0), (p, p), (p, p), (0, 0)))
+  h, wd = x.shape[1:3]
+  return sum(np.einsum("nhwc,co->nhwo", xp[:, i:i + h, j:j + wd], np.float64(w[i, j]))
+             for i in range(ks) for j in range(ks))
+
+
+def _check_cpu_form(hwc, kernel_shape):
   """Every assertion names the shape (the shapes are only known once traced,
   so they are looped over here rather than parametrized at collection)."""
   where = f"{hwc} x {kernel_shape}"
@@ -71,14 +94,14 @@ def _check_1x1(hwc, kernel_shape):
   w = jax.random.normal(kw, kernel_shape) / np.sqrt(kernel_shape[2])
   y_shape = (2, *hwc[:2], kernel_shape[-1])
   g, r = jax.random.normal(kg, y_shape), jax.random.normal(kr, (2, *hwc))
-  fast = lambda x, w: layers.conv2d(x, w, use_matmul_1x1=True)
-  xla = lambda x, w: layers.conv2d(x, w, use_matmul_1x1=False)
+  fast = lambda x, w: layers.conv2d(x, w, cpu_forms=True)
+  xla = lambda x, w: layers.conv2d(x, w, cpu_forms=False)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(fast)(x, w)), where
 
   # Forward, against XLA and against float64 NumPy.
   y = fast(x, w)
   assert _rel(y, xla(x, w)) < 1e-5, where
-  ref = np.einsum("nhwc,co->nhwo", np.float64(x), np.float64(w[0, 0]))
-  assert _rel(y, ref) < 1e-5, where
+  assert _rel(y, _numpy_conv(x, w)) < 1e-5, where
   # Input and weight gradients (the VJP).
   fast_dx, fast_dw = jax.vjp(fast, x, w)[1](g)
   xla_dx, xla_dw = jax.vjp(xla, x, w)[1](g)
@@ -89,20 +112,27 @@ def _check_1x1(hwc, kernel_shape):
   assert _rel(jax.jvp(fast, (x, w), (r, tw))[1],
               jax.jvp(xla, (x, w), (r, tw))[1]) < 1e-5, where
 
-  # Second order: d/dw of <VJP_x(g), r>, as the smoothness term differentiates.
-  def second(conv):
+  # Second order: d/dw of <JVP_x(r), g> (the smoothness term's form) and of
+  # <VJP_x(g), r>, in both cases also into x (D's activations feed both).
+  def through_jvp(conv):
+    return jax.grad(lambda x, w: jnp.sum(jax.jvp(lambda x: conv(x, w), (x,), (r,))[1] * g),
+                    argnums=(0, 1))(x, w)[1]
+
+  def through_vjp(conv):
     return jax.grad(lambda w: jnp.sum(jax.vjp(lambda x: conv(x, w), x)[1](g)[0] * r))(w)
-  assert _rel(second(fast), second(xla)) < 1e-5, where
+  assert _rel(through_jvp(fast), through_jvp(xla)) < 1e-5, where
+  assert _rel(through_vjp(fast), through_vjp(xla)) < 1e-5, where
 
 
-def test_cpu_dispatch_1x1_to_matmul_and_3x3_to_xla_conv():
+def test_cpu_dispatch_1x1_and_narrow_to_matmul_and_wide_3x3_to_xla_conv():
   assert jax.default_backend() == "cpu"
   x = jnp.zeros((1, 4, 4, 8))
-  prims = lambda k: {e.primitive.name for e in jax.make_jaxpr(
-      lambda x, w: layers.conv2d(x, w))(x, jnp.zeros((k, k, 8, 8))).eqns}
-  assert "conv_general_dilated" not in prims(1) and "dot_general" in prims(1)
-  assert "conv_general_dilated" in prims(3)
-  # Off the CPU path (what accelerators use), 1x1 stays an XLA convolution.
-  off = jax.make_jaxpr(lambda x, w: layers.conv2d(x, w, use_matmul_1x1=False))(
-      x, jnp.zeros((1, 1, 8, 8)))
-  assert "conv_general_dilated" in {e.primitive.name for e in off.eqns}
+  prims = lambda k, o, **kw: {e.primitive.name for e in jax.make_jaxpr(
+      lambda x, w: layers.conv2d(x, w, **kw))(x, jnp.zeros((k, k, 8, o))).eqns}
+  narrow, wide = layers.NARROW_OUTPUT_CHANNELS, layers.NARROW_OUTPUT_CHANNELS + 1
+  assert "conv_general_dilated" not in prims(1, wide) and "dot_general" in prims(1, wide)
+  assert "conv_general_dilated" not in prims(3, narrow) and "dot_general" in prims(3, narrow)
+  assert "conv_general_dilated" in prims(3, wide)
+  # Off the CPU path (what accelerators use), every kernel stays an XLA convolution.
+  for k, o in ((1, wide), (3, narrow)):
+    assert "conv_general_dilated" in prims(k, o, cpu_forms=False)

@@ -86,6 +86,20 @@ def test_knn_similarities_match_numpy(x64, n, m, c, k, skip):
   close(fs, efs, x64)
 
 
+@pytest.mark.parametrize("num", [1, 2, 5, 8, 9])
+def test_top_indices_match_a_stable_sort_with_ties(num):
+  # Scores on a coarse grid tie often; the neighbour search must take the
+  # lower index among equal scores (a real row's first neighbour is itself).
+  # Reference: NumPy's stable descending argsort. num 9 is lax.top_k's path.
+  rng = np.random.default_rng(num)
+  scores = rng.integers(-3, 4, (7, 40)).astype(np.float32) / 4
+  expected = np.argsort(-scores, axis=1, kind="stable")[:, :num]
+  got = jax.jit(losses._top_indices, static_argnums=1)(jnp.asarray(scores), num)
+  np.testing.assert_array_equal(got, expected)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, jax.lax.top_k(jnp.asarray(scores), num)[1])
+
+
 def test_knn_partial_jit_calling_convention():
   rng = np.random.default_rng(3)
   arrays = [unit_rows(rng, r, 6) for r in (5, 5, 4, 4, 10, 10)]
@@ -260,7 +274,7 @@ def test_jacobian_sigma_linear_converges_to_top_singular_value():
 
 def test_jacobian_sigma_parameter_gradient_matches_finite_differences():
   # At convergence the singular vectors are stationary, so the gradient with
-  # u, v held fixed (what double backprop gives) is the total derivative.
+  # u, v held fixed (what the gradient of sigma takes) is the total derivative.
   with jax.enable_x64(True):
     params = _mlp_params(3, jnp.float64)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 3, 3, 2)))

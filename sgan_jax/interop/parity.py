@@ -54,7 +54,7 @@ _ADAM_REASON = ("Adam divides each gradient entry by its own magnitude, so "
                 "steps of +-lr in either implementation")
 ILL_CONDITIONED = {
     "D gradient": (
-        "double backpropagation through the Jacobian term; the reference's own "
+        "the second-order gradient of the Jacobian term; the reference's own "
         "float32 gradient is as far from its float64 one"),
     **{f"free-running {name}": _ADAM_REASON for name in
        ("D parameters", "D_ema parameters", "G parameters", "G_ema parameters")},

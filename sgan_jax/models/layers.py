@@ -94,27 +94,53 @@ class SNConv(_SpectralNormLayer):
     return y + bias.astype(x.dtype) if bias is not None else y
 
 
-def conv2d(x, kernel, use_matmul_1x1: Optional[bool] = None):
+# On the CPU backend, a 3x3 convolution with at most this many output channels
+# (G's RGB output) runs as one matmul and shifted sums (`_narrow_conv`).
+NARROW_OUTPUT_CHANNELS = 16
+
+
+def conv2d(x, kernel, cpu_forms: Optional[bool] = None):
   """NHWC 'same' convolution with an HWIO kernel, stride 1, computed in the
   dtype of `x` (float32 parameters are cast for bfloat16 activations).
 
-  A 1x1 kernel is a matmul over channels. On the CPU backend it is computed as
-  one (`use_matmul_1x1=None` picks it there), because XLA:CPU runs 1x1
-  convolutions and their gradients slower than the same contraction as a dot
-  (docs/benchmarks.md has the figures). Accelerators keep XLA's convolution. Both forms are
-  plain JAX ops, so every derivative (the Jacobian term differentiates a VJP)
-  stays exact; tests/test_conv.py checks them against XLA's convolution.
+  On the CPU backend (`cpu_forms=None` picks them there) two shapes that
+  XLA:CPU convolves slowly are computed as matmuls instead: a 1x1 kernel is
+  a matmul over channels, and a kernel with at most NARROW_OUTPUT_CHANNELS
+  outputs is `_narrow_conv` (docs/benchmarks.md has the figures).
+  Accelerators keep XLA's convolution. All forms are plain JAX ops, so every
+  derivative (the Jacobian term differentiates through a JVP) stays exact;
+  tests/test_conv.py checks them against XLA's convolution.
   """
   kernel = kernel.astype(x.dtype)
-  ks = kernel.shape[0]
-  if use_matmul_1x1 is None:
-    use_matmul_1x1 = jax.default_backend() == "cpu"
-  if ks == 1 and use_matmul_1x1:
+  ks, cout = kernel.shape[0], kernel.shape[-1]
+  if cpu_forms is None:
+    cpu_forms = jax.default_backend() == "cpu"
+  if cpu_forms and ks == 1:
     return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+  if cpu_forms and ks % 2 == 1 and cout <= NARROW_OUTPUT_CHANNELS:
+    return _narrow_conv(x, kernel)
   pad = ks // 2
   return jax.lax.conv_general_dilated(
       x, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _narrow_conv(x, kernel):
+  """'Same' convolution as one matmul, then shifted sums: every tap's
+  contribution `x @ kernel[i, j]` at once ([N, H, W, k*k, O], cheap when O
+  is small), then output pixel (h, w) adds tap (i, j) of input pixel
+  (h + i - k//2, w + j - k//2), zero outside the image."""
+  ks, _, cin, cout = kernel.shape
+  _, height, width, _ = x.shape
+  taps = kernel.reshape(ks * ks, cin, cout)
+  z = jnp.einsum("nhwc,tco->nhwto", x, taps)
+  pad = ks // 2
+  z = jnp.pad(z, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
+  out = 0
+  for t in range(ks * ks):
+    i, j = divmod(t, ks)
+    out = out + z[:, i:i + height, j:j + width, t, :]
+  return out
 
 
 class Conv(nn.Module):
