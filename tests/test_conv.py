@@ -53,7 +53,8 @@ def _one_by_one():
 
 def _narrow():
   return [s for s in _reference_conv_shapes()
-          if s[1][:2] == (3, 3) and s[1][-1] <= layers.NARROW_OUTPUT_CHANNELS]
+          if s[1][:2] == (3, 3) and s[1][-1] <= layers.NARROW_OUTPUT_CHANNELS
+          and s[1][2] >= layers.NARROW_MIN_INPUT_CHANNELS]
 
 
 def test_the_networks_use_1x1_and_3x3_stride_1_same_convs_only():
@@ -71,7 +72,7 @@ def test_matmul_1x1_equals_xla_conv_with_derivatives_for_every_shape():
 
 
 def test_narrow_conv_equals_xla_conv_with_derivatives():
-  for hwc, kernel_shape in _narrow() + [((5, 7, 4), (3, 3, 4, 1)), ((6, 6, 9), (5, 5, 9, 16))]:
+  for hwc, kernel_shape in _narrow() + [((5, 7, 256), (3, 3, 256, 1)), ((6, 6, 260), (5, 5, 260, 16))]:
     _check_cpu_form(hwc, kernel_shape)
 
 
@@ -126,13 +127,16 @@ def _check_cpu_form(hwc, kernel_shape):
 
 def test_cpu_dispatch_1x1_and_narrow_to_matmul_and_wide_3x3_to_xla_conv():
   assert jax.default_backend() == "cpu"
-  x = jnp.zeros((1, 4, 4, 8))
-  prims = lambda k, o, **kw: {e.primitive.name for e in jax.make_jaxpr(
-      lambda x, w: layers.conv2d(x, w, **kw))(x, jnp.zeros((k, k, 8, o))).eqns}
+  def prims(k, o, cin=layers.NARROW_MIN_INPUT_CHANNELS, **kw):
+    return {e.primitive.name for e in jax.make_jaxpr(
+        lambda x, w: layers.conv2d(x, w, **kw))(
+            jnp.zeros((1, 4, 4, cin)), jnp.zeros((k, k, cin, o))).eqns}
   narrow, wide = layers.NARROW_OUTPUT_CHANNELS, layers.NARROW_OUTPUT_CHANNELS + 1
   assert "conv_general_dilated" not in prims(1, wide) and "dot_general" in prims(1, wide)
   assert "conv_general_dilated" not in prims(3, narrow) and "dot_general" in prims(3, narrow)
   assert "conv_general_dilated" in prims(3, wide)
+  # Few inputs (the digits G's 64 -> 3): XLA's convolution.
+  assert "conv_general_dilated" in prims(3, narrow, cin=layers.NARROW_MIN_INPUT_CHANNELS - 1)
   # Off the CPU path (what accelerators use), every kernel stays an XLA convolution.
   for k, o in ((1, wide), (3, narrow)):
     assert "conv_general_dilated" in prims(k, o, cpu_forms=False)

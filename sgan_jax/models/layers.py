@@ -95,8 +95,11 @@ class SNConv(_SpectralNormLayer):
 
 
 # On the CPU backend, a 3x3 convolution with at most this many output channels
-# (G's RGB output) runs as one matmul and shifted sums (`_narrow_conv`).
+# and at least this many input channels (G's RGB output at the reference
+# size) runs as one matmul and shifted sums (`_narrow_conv`); with fewer
+# inputs (the digits G's 64 -> 3) XLA's convolution was faster.
 NARROW_OUTPUT_CHANNELS = 16
+NARROW_MIN_INPUT_CHANNELS = 256
 
 
 def conv2d(x, kernel, cpu_forms: Optional[bool] = None):
@@ -106,7 +109,8 @@ def conv2d(x, kernel, cpu_forms: Optional[bool] = None):
   On the CPU backend (`cpu_forms=None` picks them there) two shapes that
   XLA:CPU convolves slowly are computed as matmuls instead: a 1x1 kernel is
   a matmul over channels, and a kernel with at most NARROW_OUTPUT_CHANNELS
-  outputs is `_narrow_conv` (docs/benchmarks.md has the figures).
+  outputs and at least NARROW_MIN_INPUT_CHANNELS inputs is `_narrow_conv`
+  (docs/benchmarks.md has the figures).
   Accelerators keep XLA's convolution. All forms are plain JAX ops, so every
   derivative (the Jacobian term differentiates through a JVP) stays exact;
   tests/test_conv.py checks them against XLA's convolution.
@@ -117,7 +121,8 @@ def conv2d(x, kernel, cpu_forms: Optional[bool] = None):
     cpu_forms = jax.default_backend() == "cpu"
   if cpu_forms and ks == 1:
     return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
-  if cpu_forms and ks % 2 == 1 and cout <= NARROW_OUTPUT_CHANNELS:
+  if (cpu_forms and ks % 2 == 1 and cout <= NARROW_OUTPUT_CHANNELS
+      and kernel.shape[2] >= NARROW_MIN_INPUT_CHANNELS):
     return _narrow_conv(x, kernel)
   pad = ks // 2
   return jax.lax.conv_general_dilated(
