@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 AREA_RANGE = (0.5, 1.0)
-ASPECT_RANGE = (3 / 4, 4 / 3)
+RATIO_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10
 _KEY_SALT = 0xA06
 
@@ -65,7 +65,7 @@ def _lrint(x):
 def _one_attempt(key, height: int, width: int):
   """One attempt of TensorFlow's `GenerateRandomCrop`: (ok, y, x, h, w)."""
   k_ratio, k_h, k_y, k_x = jax.random.split(key, 4)
-  lo, hi = ASPECT_RANGE
+  lo, hi = RATIO_RANGE
   ratio = jax.random.uniform(k_ratio) * (hi - lo) + lo
   min_area = AREA_RANGE[0] * height * width
   max_area = AREA_RANGE[1] * height * width

@@ -17,6 +17,7 @@ from typing import Callable, List, Tuple
 
 import jax
 
+
 def trace(call: Callable[[], object], calls: int, profile_dir: str) -> str:
   """Runs `call()` `calls` times under the profiler; returns the trace file."""
   jax.profiler.start_trace(profile_dir)

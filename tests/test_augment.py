@@ -53,7 +53,7 @@ def test_crop_boxes_and_flips_follow_tensorflows_distribution():
   for i in range(n):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         [h, w, 3], tf.zeros([1, 0, 4]), seed=[3, i], area_range=augment.AREA_RANGE,
-        aspect_ratio_range=augment.ASPECT_RANGE, min_object_covered=0.0,
+        aspect_ratio_range=augment.RATIO_RANGE, min_object_covered=0.0,
         max_attempts=augment.MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
     ref.append((int(begin[0]), int(begin[1]), int(size[0]), int(size[1])))
   ref = np.array(ref)
