@@ -20,10 +20,11 @@ Prints, and writes as JSON:
 - with `--profile_dir`, a `jax.profiler` trace of two steps there and the
   costliest operations in it, each with the model code it came from
   (`profiling`);
-- the TFDS input pipeline's images/s alone, where TensorFlow and the dataset
-  are available: with the augmentation on the host, and split as device
-  augmentation splits it (the host's uint8 decode-and-batch; the jitted
-  augmentation on the devices).
+- the input pipeline's images/s alone where the dataset is available, for
+  each `--pipeline_workers` count of loader processes: with the augmentation
+  on the host, and the host's part of device augmentation (uint8 decode and
+  batch), each also per core; and the jitted device augmentation alone
+  (`pipeline_rates`).
 """
 import os
 import platform
@@ -36,8 +37,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from sgan_jax import (augment, cli, config_lib, flops, losses, profiling, sharding,
-                      step, storage)
+from sgan_jax import (cli, config_lib, flops, losses, pipeline_rates, profiling,
+                      sharding, step, storage)
 from sgan_jax.state import create_train_state
 
 FLAGS = flags.FLAGS
@@ -55,6 +56,8 @@ flags.DEFINE_integer("paired_rounds", 3, "With --official_dir: rounds of --steps
                      "steps each, sgan_jax then the authors'.")
 flags.DEFINE_integer("pipeline_batches", 50, "Batches timed for the input "
                      "pipeline (0 skips it).")
+flags.DEFINE_list("pipeline_workers", ["0", "1", "2"], "Loader worker-process "
+                  "counts to time the input pipeline with.")
 flags.DEFINE_string("profile_dir", "", "Also trace 2 steps with jax.profiler into "
                     "this folder and print the costliest operations.")
 flags.mark_flags_as_required(["config"])
@@ -133,36 +136,6 @@ def matmul_peak_flops(dtype=jnp.float32, size=2048, repeats=5):
   return 2 * size ** 3 / best
 
 
-def pipeline_images_per_s(config, batches, on_device: bool = False, builder=None):
-  """The TFDS pipeline alone, in images/s: with the augmentation on the host,
-  or (`on_device`) the host's part of device augmentation (decode, shuffle,
-  batch uint8). `builder`: the dataset's (default: `get_builder(config)`)."""
-  # TensorFlow only here: the step's figures need JAX alone (accelerator
-  # images without TensorFlow can still run the benchmark).
-  from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  builder = builder or input_pipeline.get_builder(config)
-  ds = input_pipeline.train_dataset(config, builder, on_device=on_device)
-  it = ds.as_numpy_iterator()
-  next(it)   # start-up (file opening, caches) is not throughput
-  t0 = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  return batches * sharding.local_batch_size(config.global_batch_size) / (
-      time.perf_counter() - t0)
-
-
-def device_augment_images_per_s(config, source_shape, steps: int = 20, warmup: int = 2):
-  """`sgan_jax.augment` alone on this backend's devices, in images/s, on a
-  global batch of uint8 images of `source_shape` (H, W, C)."""
-  mesh = sharding.make_mesh()
-  images = jax.device_put(
-      np.random.default_rng(0).integers(0, 256, (config.global_batch_size,) + tuple(source_shape),
-                                        dtype=np.uint8), sharding.batch_sharding(mesh))
-  fn = augment.jitted(0, config.image_size, sharding.batch_sharding(mesh))
-  seconds = statistics.median(_seconds_per_call(lambda: fn(images, 0), steps, warmup))
-  return config.global_batch_size / seconds
-
-
 def _phase_parts(state, batch):
   """{name: (function, args)} for each separately timed part of the step."""
   spec, n = state.spec, batch["image"].shape[0]
@@ -197,47 +170,19 @@ def _peak_fractions(achieved: float):
   return out
 
 
-def _pipeline_figures(config, batches: int, step_images_per_s: float):
-  out = {"pipeline_images_per_s": None, "pipeline_note": "skipped (--pipeline_batches=0)"}
-  if batches:
-    try:
-      from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-      builder = input_pipeline.get_builder(config)
-      out["pipeline_images_per_s"] = pipeline_images_per_s(config, batches, builder=builder)
-      out["pipeline_note"] = (f"{config.dataset}, augment={config.augment} on the host, "
-                              f"{os.cpu_count()} host cores")
-      if config.augment:
-        out.update(_device_augment_figures(config, batches, builder))
-    except Exception as e:  # no TensorFlow or no data here: say so, go on
-      out["pipeline_note"] = f"not measured: {type(e).__name__}: {e}"[:300]
-  rate = out["pipeline_images_per_s"]
-  out["pipeline_to_step_ratio"] = None if rate is None else rate / step_images_per_s
-  return out
-
-
-def _device_augment_figures(config, batches: int, builder):
-  """The host's part and the device's part of device augmentation, where the
-  dataset's images have one size (None otherwise)."""
-  from sgan_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  shape = input_pipeline.fixed_image_shape(builder)
-  if shape is None:
-    return {"pipeline_uint8_images_per_s": None, "device_augment_images_per_s": None}
-  return {"pipeline_uint8_images_per_s": pipeline_images_per_s(config, batches, True, builder),
-          "device_augment_images_per_s": device_augment_images_per_s(config, shape)}
-
-
 def _paired_with_reference(official_dir, config, one_step, steps: int, warmup: int,
                            rounds: int):
   """Alternating rounds of `steps` sgan_jax steps and `steps` steps of the
   authors' code, on the same machine and batch (`interop.timing`)."""
   from sgan_jax.interop import timing  # pylint: disable=import-outside-toplevel
-  timer = timing.ReferenceTimer(official_dir, config)
+  timer = timing.ReferenceTimer(official_dir, config,
+                                device=timing.torch_device(jax.default_backend()))
   own, ref = [], []
   for r in range(rounds):
     own.append(_seconds_per_call(one_step, steps, 0))
     ref.append(_seconds_per_call(timer.step, steps, warmup if r == 0 else 0))
   return {**timing.paired_figures(own, ref, config.global_batch_size),
-          "reference_torch_threads": timer.threads}
+          "reference_torch_threads": timer.threads, "reference_device": timer.device}
 
 
 def _profile(one_step, compiled, profile_dir: str, calls: int = 2):
@@ -250,7 +195,7 @@ def _profile(one_step, compiled, profile_dir: str, calls: int = 2):
 
 def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
             phases: bool = True, official_dir: str = "", paired_rounds: int = 3,
-            profile_dir: str = ""):
+            profile_dir: str = "", pipeline_workers=(0,)):
   """Every figure of the benchmark, as a flat dict (the phase split and the
   plain-step overhead only with `phases`; paired rounds against the authors'
   step with `official_dir`; a profile of two steps with `profile_dir`)."""
@@ -292,7 +237,8 @@ def measure(config, steps: int, warmup: int, pipeline_batches: int = 0,
     result.update(_paired_with_reference(official_dir, config, one_step, steps,
                                          warmup, paired_rounds))
   result.update(_peak_fractions(result["achieved_flops_per_s"]))
-  result.update(_pipeline_figures(config, pipeline_batches, result["images_per_s"]))
+  result.update(pipeline_rates.pipeline_figures(
+      config, pipeline_batches, pipeline_workers, result["images_per_s"]))
   return result
 
 
@@ -305,7 +251,7 @@ def main(argv):
   cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches,
                    FLAGS.phases, FLAGS.official_dir, FLAGS.paired_rounds,
-                   FLAGS.profile_dir)
+                   FLAGS.profile_dir, [int(w) for w in FLAGS.pipeline_workers])
   for key, value in result.items():
     if key == "costliest_ops":
       print(f"{key:>30}:", *value, sep="\n  ")

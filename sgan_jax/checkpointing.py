@@ -9,13 +9,19 @@ What survives what:
 - A checkpoint that is corrupt, or that was written for another architecture
   or config, raises `CheckpointError` naming it and the first mismatching
   array; nothing is silently re-initialised.
-Checkpoints are arrays and JSON metadata (TensorStore), never pickles. The
-static `StepSpec` is not saved: the config defines it. The workdir may be a
+Each checkpoint holds two items: `default`, the train state (arrays and JSON
+metadata through TensorStore, never pickles), and `data`, each process's
+input-loader state (grain's JSON, `process_<i>-of-<n>.json`), so a resume
+continues the data stream where it stood without replaying it. The static
+`StepSpec` is not saved: the config defines it. The workdir may be a
 local path or a cloud-storage URL (`sgan_jax.storage`).
 """
+import dataclasses
 import importlib.util
+from typing import Optional
 
 import flax
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -25,6 +31,25 @@ from sgan_jax.utils import path_names
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written, read, or does not fit the config."""
+
+
+_STATE, _DATA = "default", "data"   # the items (the state's is Orbax's default name)
+
+
+@dataclasses.dataclass
+class _LoaderState:
+  """A loader state (bytes) as grain's checkpoint handler saves and restores
+  it: frozen at the step saved, whatever the loader has read ahead since."""
+  state: Optional[bytes] = None
+
+  def get_state(self) -> bytes:
+    return self.state
+
+  def set_state(self, state: bytes):
+    self.state = state
+
+  def start_prefetch(self):
+    """grain's handler calls it after restoring; nothing to start here."""
 
 
 class Checkpointer:
@@ -49,7 +74,8 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only),
-        item_handlers=ocp.StandardCheckpointHandler())
+        item_handlers={_STATE: ocp.StandardCheckpointHandler(),
+                       _DATA: grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -58,12 +84,17 @@ class Checkpointer:
     """The steps of the complete checkpoints kept, in increasing order."""
     return sorted(self._manager.all_steps())
 
-  def save(self, state, force: bool = False) -> bool:
-    """Starts an asynchronous save of `state` at its step."""
+  def save(self, state, data_state: Optional[bytes] = None,
+           force: bool = False) -> bool:
+    """Starts an asynchronous save of `state` at its step, with this
+    process's loader state `data_state` (`input_pipeline.TrainBatches.state`)."""
     tree = flax.serialization.to_state_dict(state)
     step = int(state.step)
+    items = {_STATE: ocp.args.StandardSave(tree)}
+    if data_state is not None:
+      items[_DATA] = grain.checkpoint.CheckpointSave(_LoaderState(data_state))
     try:
-      return self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
     except Exception as e:  # includes the error of an earlier async save
       raise CheckpointError(self._write_failure(step, e)) from e
 
@@ -86,7 +117,7 @@ class Checkpointer:
     """Raises CheckpointError unless checkpoint `step` fits `target`'s arrays."""
     where = self.directory / str(step)
     try:
-      saved = path_names(self._manager.item_metadata(step))
+      saved = path_names(self._manager.item_metadata(step)[_STATE])
     except Exception as e:
       raise CheckpointError(f"checkpoint {where} is unreadable (corrupt or "
                             f"incomplete): {type(e).__name__}: {e}") from e
@@ -114,12 +145,28 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                             flax.serialization.to_state_dict(target))
     try:
-      tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      tree = self._manager.restore(
+          step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+      )[_STATE]
     except Exception as e:
       raise CheckpointError(
           f"checkpoint {self.directory / str(step)} could not be "
           f"read (corrupt or truncated file?): {type(e).__name__}: {e}") from e
     return flax.serialization.from_state_dict(target, tree)
+
+  def restore_data_state(self, step: int) -> Optional[bytes]:
+    """This process's loader state saved with checkpoint `step`, or None if
+    the checkpoint has none (saved before loader states were kept)."""
+    if not (self.directory / str(step) / _DATA).exists():
+      return None
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{_DATA: grain.checkpoint.CheckpointRestore(_LoaderState())}))[_DATA]
+    except Exception as e:
+      raise CheckpointError(
+          f"the data-loader state of checkpoint {self.directory / str(step)} "
+          f"could not be read: {type(e).__name__}: {e}") from e
+    return restored.state
 
   def close(self):
     """Waits for saves in flight (raising CheckpointError if one failed)."""

@@ -22,8 +22,8 @@ from sgan_jax.models import discriminator, generator, layers
 def reference_config() -> ml_collections.ConfigDict:
   """CIFAR-10 at the authors' settings (docs/method.md §2, §5)."""
   c = ml_collections.ConfigDict()
-  c.dataset = "cifar10"          # TFDS dataset name, or "image_folder" (your images)
-  c.data_dir = ""                # TFDS data_dir ("" means TFDS's default); for image_folder the folder
+  c.dataset = "cifar10"          # TFDS dataset name, "image_folder" (your images) or "prepared" (a prepared TFDS folder)
+  c.data_dir = ""                # TFDS data_dir ("" means TFDS's default); for image_folder the folder; for prepared the dataset's folder
   c.train_split = "train"        # TFDS split to train on
   c.test_split = "test"          # TFDS split to evaluate on
   c.class_subset = ""            # keep only these label ids: "3,7,9" or a file of ids; "" keeps all
@@ -34,7 +34,8 @@ def reference_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # seeds init, the step's noise and the input order
   c.queue_size = 10240           # K, memory-queue rows; a multiple of the batch
   c.augment = True               # flip + random resized crop on real images (docs/method.md §5)
-  c.augment_on = "auto"          # "host" (tf.data), "device" (jitted, uint8 in); auto: device on GPU/TPU for fixed-size images
+  c.augment_on = "auto"          # "host" (loader workers), "device" (jitted, uint8 in); auto: device on GPU/TPU for fixed-size images
+  c.data_workers = -1            # loader processes decoding images per host; 0: in the training process; -1: 0 on CPU, else min(16, cores - 1)
   c.nonfinite_rollbacks = 0      # on NaN/Inf: 0 stops; N > 0 rolls back to the last checkpoint and skips the batch, up to N times
   c.keep_checkpoints = 3         # newest checkpoints kept in workdir/checkpoints
   c.log_every_steps = 100        # progress line and metrics every N steps
@@ -132,7 +133,7 @@ def load_config(path_or_name: str) -> ml_collections.ConfigDict:
 FIRST_CONFIG = "config.json"
 # Fields added after runs were made that do not change what a run computes;
 # a workdir's config without them takes today's default.
-_ADDED_SINCE = ("augment_on",)
+_ADDED_SINCE = ("augment_on", "data_workers")
 _RESUME_CONFIG = re.compile(r"config_resume_(\d+)\.json")
 
 
@@ -197,10 +198,7 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
              num_devices: int = 1) -> None:
   """Rejects configs that would fail or silently misbehave later."""
   _check_fields(config, reference_config())
-  if config.dataset == "image_folder" and not config.data_dir:
-    raise ConfigError("dataset 'image_folder' needs --config.data_dir=ROOT, the "
-                      "folder with ROOT/<train_split>/<class>/<image> and "
-                      "ROOT/<test_split>/<class>/<image>")
+  _check_data(config)
   b = config.global_batch_size
   if b <= 0 or b % num_processes or b % num_devices:
     raise ConfigError(
@@ -240,9 +238,6 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   for name, value in positive.items():
     if not value > 0:
       raise ConfigError(f"{name} must be positive, got {value}")
-  if config.augment_on not in ("auto", "host", "device"):
-    raise ConfigError(f"augment_on must be 'auto', 'host' or 'device', got "
-                      f"{config.augment_on!r}")
   if config.model.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype must be 'float32' or 'bfloat16', "
                       f"got {config.model.compute_dtype!r}")
@@ -250,6 +245,22 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   if subset is not None and len(subset) != config.num_classes:
     raise ConfigError(f"class_subset keeps {len(subset)} classes but "
                       f"num_classes is {config.num_classes}")
+
+
+def _check_data(config) -> None:
+  if config.dataset == "prepared" and not config.data_dir:
+    raise ConfigError("dataset 'prepared' needs --config.data_dir=DIR, the folder "
+                      "of a prepared TFDS dataset (the one with dataset_info.json)")
+  if config.dataset == "image_folder" and not config.data_dir:
+    raise ConfigError("dataset 'image_folder' needs --config.data_dir=ROOT, the "
+                      "folder with ROOT/<train_split>/<class>/<image> and "
+                      "ROOT/<test_split>/<class>/<image>")
+  if config.augment_on not in ("auto", "host", "device"):
+    raise ConfigError(f"augment_on must be 'auto', 'host' or 'device', got "
+                      f"{config.augment_on!r}")
+  if not isinstance(config.data_workers, int) or config.data_workers < -1:
+    raise ConfigError(f"data_workers must be -1 (auto), 0 (no worker processes) "
+                      f"or a number of processes, got {config.data_workers!r}")
 
 
 def _check_eval(e, num_devices: int) -> None:

@@ -59,7 +59,7 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh,
   """
   bs = config.eval.batch_size
   labels, pixels, feats = [], [], {m: {} for m in named_params}
-  for batch in input_pipeline.eval_dataset(config, builder, split, bs).as_numpy_iterator():
+  for batch in input_pipeline.eval_batches(config, builder, split, bs):
     check_stop()
     full = input_pipeline.pad_to_full_batch(batch, bs)
     mask = full["mask"]

@@ -1,39 +1,49 @@
-"""TFDS + tf.data input: real-image augmentation (docs/method.md, section 5) on the
-host or handed to the device (`sgan_jax.augment`), per-process slices,
-deterministic order under a seed, prefetching onto the devices.
+"""The input pipeline, without TensorFlow: TFDS datasets read through their
+random-access ArrayRecord data sources and loaded by grain.
+
+- Training: grain shuffles each process's shard of the train split (a new
+  order every epoch, a function of the seed only; the shards of an epoch are
+  disjoint) and batches the record keys; each batch is read at once and its
+  images decoded (and augmented on the host, if so) by
+  `host_images.ReadBatch`, in worker processes (`data_workers`). Batches of
+  uint8 images go to the device, where `sgan_jax.augment` augments them
+  (`augment_on`). `TrainBatches` keeps the loader's state as of the last batch
+  the step took, so a checkpoint holds it and a resume restores it directly
+  (no replay of the stream).
+- Evaluation: every process reads a whole split in order, centre-cropped.
+
+Preparing a TFDS catalog dataset whose images come as arrays (e.g. cifar10)
+needs TensorFlow once (`pip install 'sgan_jax[tf]'`); reading a prepared one,
+and this project's own datasets, never do.
 """
 import collections
+import importlib.util
+import json
 import os
 import socket
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
+from absl import flags
+from absl import logging
+import grain
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-try:
-  import tensorflow as tf
-except ImportError as e:   # the package does not force a TensorFlow build
-  raise ImportError(
-      "sgan_jax's input pipeline needs TensorFlow: `pip install "
-      "'sgan_jax[tf]'` (tensorflow-cpu), or keep the tensorflow your image "
-      "(Colab, TPU VM) already has") from e
 import tensorflow_datasets as tfds
 
 from sgan_jax import augment as device_augment
-from sgan_jax import config_lib, sharding, storage
+from sgan_jax import config_lib, host_images, sharding, storage
 from sgan_jax import datasets  # importing it registers the project datasets with TFDS
 
-# TensorFlow only feeds data: it must never take GPU memory from JAX.
-tf.config.set_visible_devices([], "GPU")
-
-PROJECT_DATASETS = frozenset([datasets.SklearnDigits.name, datasets.image_folder.NAME])
+# A prepared TFDS dataset read from its folder (copied from another machine):
+# no builder code, source files or download needed.
+PREPARED = "prepared"
+PROJECT_DATASETS = frozenset([datasets.SklearnDigits.name, datasets.image_folder.NAME,
+                              PREPARED])
 CLASSES_FILE = "classes.json"   # the run's class names, label order
-# Splits up to this size are cached decoded in host memory (CIFAR's train
-# split fits).
-_CACHE_BYTES = 2 << 30
-# A full shuffle of CIFAR; for larger sets, a window of this many images.
-_SHUFFLE_BUFFER = 50_000
+FILE_FORMAT = "array_record"    # what grain reads (random access)
+_MAX_WORKERS = 16
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -50,23 +60,36 @@ def _can_download() -> bool:
 
 
 def _builder(config) -> tfds.core.DatasetBuilder:
-  if config.dataset == datasets.image_folder.NAME:
-    builder = datasets.ImageFolderBuilder(
-        config.data_dir, (config.train_split, config.test_split))
-    if config_lib.class_subset_ids(config) is None and (
-        len(builder.classes) != config.num_classes):
+  if config.dataset == PREPARED:
+    if not storage.exists(storage.path(config.data_dir) / "dataset_info.json"):
       raise config_lib.ConfigError(
-          f"num_classes is {config.num_classes} but image folder "
-          f"{config.data_dir} has {len(builder.classes)} classes; pass "
-          f"--config.num_classes={len(builder.classes)}")
-    return builder
+          f"dataset '{PREPARED}' reads a prepared TFDS dataset from its folder, "
+          f"and {config.data_dir} has no dataset_info.json; pass the folder "
+          f"that holds it (e.g. DATA_DIR/cifar10/3.0.2) as --config.data_dir")
+    return _with_num_classes(tfds.builder_from_directory(config.data_dir), config)
+  if config.dataset == datasets.image_folder.NAME:
+    return _with_num_classes(datasets.ImageFolderBuilder(
+        config.data_dir, (config.train_split, config.test_split)), config)
   try:
-    return tfds.builder(config.dataset, data_dir=config.data_dir or None)
+    return tfds.builder(config.dataset, data_dir=config.data_dir or None,
+                        file_format=FILE_FORMAT)
   except tfds.core.registered.DatasetNotFoundError:
     raise config_lib.ConfigError(
         f"unknown dataset '{config.dataset}': neither a TFDS dataset nor one of "
         f"this project's ({', '.join(sorted(PROJECT_DATASETS))}); "
         f"`tfds.list_builders()` lists TFDS's") from None
+
+
+def _with_num_classes(builder, config):
+  """`builder` if its class count is `num_classes` (or a subset is chosen)."""
+  found = builder.info.features["label"].num_classes
+  if config_lib.class_subset_ids(config) is None and found != config.num_classes:
+    what = (f"image folder {config.data_dir}" if config.dataset == datasets.image_folder.NAME
+            else f"dataset '{config.dataset}' ({config.data_dir})")
+    raise config_lib.ConfigError(
+        f"num_classes is {config.num_classes} but {what} has {found} classes; "
+        f"pass --config.num_classes={found}")
+  return builder
 
 
 def _prepare(builder, config):
@@ -80,6 +103,13 @@ def _prepare(builder, config):
         f"internet access (`tfds build {config.dataset} --data_dir=DIR`, or "
         f"for imagenet2012 place the archives in DIR/downloads/manual first), "
         f"copy DIR here and pass --config.data_dir=DIR.")
+  if name not in PROJECT_DATASETS and importlib.util.find_spec("tensorflow") is None:
+    raise DatasetUnavailableError(
+        f"preparing dataset '{config.dataset}' needs TensorFlow once (TFDS "
+        f"encodes its images with it): `pip install 'sgan_jax[tf]'` and run "
+        f"again, or prepare it elsewhere (`tfds build {config.dataset} "
+        f"--file_format={FILE_FORMAT} --data_dir=DIR`) and pass "
+        f"--config.data_dir=DIR; reading a prepared dataset needs no TensorFlow")
   try:
     builder.download_and_prepare()
   except config_lib.ConfigError:   # a bad image folder: its own one-line message
@@ -99,10 +129,10 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """
   builder = _builder(config)
   if builder.is_prepared():
-    return builder
+    return _readable(builder, config)
   if jax.process_count() == 1:
     _prepare(builder, config)
-    return builder
+    return _readable(builder, config)
   error = None
   if jax.process_index() == 0:
     try:
@@ -116,7 +146,22 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     raise DatasetUnavailableError(
         f"process 0 could not prepare dataset '{config.dataset}' (its log says "
         f"why); this process waited for it")
-  return _builder(config)   # now sees the prepared files
+  return _readable(_builder(config), config)   # now sees the prepared files
+
+
+def _readable(builder, config):
+  """`builder` if its prepared files are ArrayRecord; else a one-line error
+  saying how to prepare them so."""
+  fmt = builder.info.file_format
+  fmt = getattr(fmt, "value", fmt)
+  if fmt not in (None, FILE_FORMAT):
+    raise DatasetUnavailableError(
+        f"dataset '{config.dataset}' in {builder.data_dir} is prepared as "
+        f"{fmt}, and this project reads {FILE_FORMAT} (random access): prepare "
+        f"it again with `tfds build {config.dataset} --file_format={FILE_FORMAT} "
+        f"--data_dir=DIR` (TensorFlow needed for that step only) and pass "
+        f"--config.data_dir=DIR")
+  return builder
 
 
 def class_names(config, builder) -> list:
@@ -154,74 +199,13 @@ def check_classes(config, builder, workdir, write: bool) -> None:
         f"data the run was trained on")
 
 
-def _select(ds, config):
-  """Keeps image and label; filters and renumbers a class subset."""
-  ds = ds.map(lambda ex: (ex["image"], ex["label"]))
-  subset = config_lib.class_subset_ids(config)
-  if subset is not None:
-    table = np.full(max(subset) + 1, -1, np.int64)
-    table[list(subset)] = np.arange(len(subset))
-    table = tf.constant(table)
-    ds = ds.filter(lambda im, lab: lab < len(table))
-    ds = ds.map(lambda im, lab: (im, tf.gather(table, lab)))
-    ds = ds.filter(lambda im, lab: lab >= 0)
-  return ds
-
-
-def _to_unit_range(image):
-  return tf.cast(image, tf.float32) / 127.5 - 1.0
-
-
-def _resize(image, size):
-  image = tf.image.resize(tf.cast(image, tf.float32), (size, size),
-                          method="bicubic", antialias=True)
-  return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def augment(image, size: int, seed):
-  """Random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic) and flip."""
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), tf.zeros([1, 0, 4]), seed=seeds[0],
-      area_range=(0.5, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-      min_object_covered=0.0, max_attempts=10, use_image_if_no_bounding_boxes=True)
-  image = tf.slice(image, begin, crop)
-  image = _resize(image, size)
-  return tf.image.stateless_random_flip_left_right(image, seeds[1])
-
-
-def center_resize(image, size: int):
-  """Test-time view: the central square, resized to `size` (no randomness)."""
-  shape = tf.shape(image)
-  side = tf.minimum(shape[0], shape[1])
-  image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2,
-                                        (shape[1] - side) // 2, side, side)
-  return _resize(image, size)
-
-
-def _options():
-  options = tf.data.Options()
-  options.deterministic = True
-  # No autotuning thread: destroying an iterator waits for it, and on a busy
-  # host (the step using every core) that took 5-40 s, which a stop request
-  # (a preemption notice) cannot afford. AUTOTUNE parallelism then uses the
-  # host's cores; docs/benchmarks.md has the rates with and without it.
-  options.autotune.enabled = False
-  options.threading.private_threadpool_size = max(2, os.cpu_count() or 2)
-  return options
-
-
-def _maybe_cache(ds, builder, split):
-  info = builder.info.splits[split] if split in builder.info.splits else None
-  if info is not None and 0 < info.num_bytes < _CACHE_BYTES:
-    ds = ds.cache()
-  return ds
-
-
 def fixed_image_shape(builder):
-  """The (H, W, C) every image of the dataset has, or None where sizes vary."""
+  """The (H, W, C) every image of the dataset has, or None where sizes vary
+  (as the features declare it, or as a prepared image folder recorded it)."""
   shape = tuple(builder.info.features["image"].shape)
-  return None if None in shape else shape
+  if None in shape:
+    return datasets.image_folder.stored_image_shape(builder.data_dir)
+  return shape
 
 
 def augments_on_device(config, builder) -> bool:
@@ -241,53 +225,159 @@ def augments_on_device(config, builder) -> bool:
   return config.augment_on == "device"
 
 
-def train_dataset(config, builder, start_step: int = 0,
-                  on_device: bool = False) -> tf.data.Dataset:
-  """This process's endless stream of augmented training batches; with
-  `on_device`, of the un-augmented uint8 images (`sgan_jax.augment`
-  augments them on the device).
-
-  The order is a function of (seed, process, step) only, so a run resumed at
-  `start_step` sees exactly the batches the uninterrupted run would have.
-  """
-  split = tfds.split_for_jax_process(config.train_split, drop_remainder=True)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = _maybe_cache(_select(ds, config), builder, config.train_split)
-  seed = config.seed * 1_000 + jax.process_index()
-  ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
-  batch = sharding.local_batch_size(config.global_batch_size)
-  ds = ds.enumerate().skip(start_step * batch)
-  size = config.image_size
-
-  def prepare(index, image, label):
-    label = tf.cast(label, tf.int32)
-    if on_device:
-      return {"image": tf.cast(image, tf.uint8), "label": label}
-    if config.augment:
-      image = augment(image, size, tf.stack([tf.cast(seed, tf.int64), index]))
-    else:
-      image = center_resize(image, size)
-    return {"image": _to_unit_range(image), "label": label}
-  ds = ds.map(lambda i, ex: prepare(i, *ex), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options())
+def records(config, builder, split: str) -> host_images.Records:
+  """The records of `split` (random access), restricted to `class_subset`
+  and renumbered in its order."""
+  if isinstance(builder, datasets.ImageFolderBuilder):
+    # Worker processes rebuild the builder they receive, and this one would
+    # scan the folder again: they get a reader of the prepared copy instead.
+    builder = tfds.builder_from_directory(builder.data_dir)
+  source = builder.as_data_source(split)
+  subset = config_lib.class_subset_ids(config)
+  if subset is None:
+    return host_images.Records(source)
+  label_map = np.full(max(subset) + 1, -1, np.int64)
+  label_map[list(subset)] = np.arange(len(subset))
+  # Labels only: the images stay encoded while the split is scanned.
+  raw = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  chunks = (list(range(i, min(i + 4096, len(raw)))) for i in range(0, len(raw), 4096))
+  labels = np.asarray([int(e["label"]) for keys in chunks for e in raw.__getitems__(keys)],
+                      np.int64)
+  known = labels < len(label_map)
+  keep = np.flatnonzero(known & (label_map[np.where(known, labels, 0)] >= 0))
+  return host_images.Records(source, keep, label_map)
 
 
-def eval_dataset(config, builder, split: str, batch_size: int) -> tf.data.Dataset:
-  """Un-augmented batches of a whole split, in order.
+def worker_count(config) -> int:
+  """Loader worker processes per host (`data_workers`; -1: none on a CPU
+  backend, whose cores the step uses, else one per core but one, at most 16)."""
+  if config.data_workers >= 0:
+    return config.data_workers
+  if jax.default_backend() == "cpu":
+    return 0
+  return max(1, min(_MAX_WORKERS, (os.cpu_count() or 2) - 1))
+
+
+def _grain_ready():
+  """grain reads absl flags; outside an absl app (a notebook, a test) they
+  are unparsed, and take their defaults."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def train_batch_keys(config, data: host_images.Records, on_device: bool,
+                     shard_index: int, shard_count: int) -> grain.MapDataset:
+  """Shard `shard_index` of `shard_count`'s endless stream of training
+  batches, random access by position: the shard's records (every
+  `shard_count`-th, the remainder dropped, so the shards of an epoch are
+  disjoint) shuffled anew every epoch as a function of the seed alone, in
+  batches of its share of the global batch, read and prepared by
+  `host_images.ReadBatch` (uint8 images with `on_device`, else the
+  augmented or centred view in [-1, 1])."""
+  if config.global_batch_size % shard_count:
+    raise config_lib.ConfigError(
+        f"global_batch_size {config.global_batch_size} is not divisible by "
+        f"the {shard_count} processes")
+  usable = len(data) // shard_count * shard_count
+  keys = grain.MapDataset.range(shard_index, usable, shard_count)
+  keys = keys.shuffle(seed=config.seed).repeat()
+  view = (host_images.UINT8 if on_device else
+          host_images.AUGMENT if config.augment else host_images.CENTER)
+  read = host_images.ReadBatch(data, view, config.image_size, config.seed, shard_index)
+  return keys.batch(config.global_batch_size // shard_count,
+                    drop_remainder=True).map_with_index(read)
+
+
+def loader(batches: grain.MapDataset, workers: int) -> grain.IterDataset:
+  """`batches` as an iterable read ahead by `workers` processes (0: threads
+  of this process); its iterators' state is checkpointable."""
+  _grain_ready()
+  ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
+                                                 prefetch_buffer_size=2))
+  if workers:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=2))
+  return ds
+
+
+def close_loader(iterator) -> None:
+  """Stops a loader iterator's threads and worker processes now."""
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
+class TrainBatches:
+  """Global, device-resident training batches from step `start_step` on,
+  `prefetch` batches ahead, and `state`: the loader's state as of the last
+  batch handed out (JSON bytes; what a checkpoint of that step keeps).
+  Starts where `state` (from a checkpoint) says, without replaying the
+  stream."""
+
+  def __init__(self, config, builder, mesh, start_step: int = 0,
+               state: Optional[bytes] = None, prefetch: int = 2):
+    self._on_device = augments_on_device(config, builder)
+    workers = worker_count(config)
+    saved = None if state is None else json.loads(state)
+    if saved is not None and saved["workers"] != workers:
+      # grain's saved state has one entry per worker: keep the run's count.
+      logging.info("Resuming the data stream with its %d loader workers "
+                   "(data_workers gives %d)", saved["workers"], workers)
+      workers = saved["workers"]
+    batches = train_batch_keys(config, records(config, builder, config.train_split),
+                               self._on_device, jax.process_index(), jax.process_count())
+    self._workers, self._iterator = workers, iter(loader(batches, workers))
+    if saved is not None:
+      self._iterator.set_state(saved["grain"])
+    self.state = self._encode()
+    self._mesh, self._prefetch, self._step = mesh, prefetch, start_step
+    self._queue = collections.deque()
+    if self._on_device:
+      self._augment = device_augment.jitted(config.seed, config.image_size,
+                                            sharding.batch_sharding(mesh))
+
+  def _encode(self) -> bytes:
+    return json.dumps({"workers": self._workers,
+                       "grain": self._iterator.get_state()}).encode()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Dict[str, jax.Array]:
+    while len(self._queue) <= self._prefetch:
+      local = next(self._iterator)
+      self._queue.append((sharding.to_global(local, self._mesh), self._encode()))
+    batch, self.state = self._queue.popleft()
+    if self._on_device:
+      batch = dict(batch, image=self._augment(batch["image"], self._step))
+    self._step += 1
+    return batch
+
+  def close(self):
+    """Stops the loader's threads and worker processes."""
+    self._queue.clear()
+    iterator, self._iterator = self._iterator, None
+    close_loader(iterator)
+
+
+def eval_batches(config, builder, split: str, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
+  """Un-augmented batches of a whole split, in order: `image` float32 in
+  [-1, 1], `label`, `mask` (all True).
 
   Every process reads the whole split and feeds its share of each batch
   (`sharding.process_rows`). The last batch may be short: `pad_to_full_batch`
   pads it.
   """
-  ds = _select(builder.as_dataset(split=split, shuffle_files=False), config)
-  size = config.image_size
-  ds = ds.map(lambda image, label: {
-      "image": _to_unit_range(center_resize(image, size)),
-      "label": tf.cast(label, tf.int32), "mask": True},
-              num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  data = records(config, builder, split)
+  batches = grain.MapDataset.range(len(data)).batch(batch_size, drop_remainder=False)
+  batches = batches.map_with_index(
+      host_images.ReadBatch(data, host_images.CENTER, config.image_size))
+  iterator = iter(loader(batches, worker_count(config)))
+  try:
+    for batch in iterator:
+      yield dict(batch, mask=np.ones(len(batch["label"]), bool))
+  finally:   # also when the caller stops early (a stop request)
+    close_loader(iterator)
 
 
 def pad_to_full_batch(batch: Dict[str, np.ndarray], batch_size: int):
@@ -298,30 +388,3 @@ def pad_to_full_batch(batch: Dict[str, np.ndarray], batch_size: int):
     return batch
   return {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
           for k, v in batch.items()}
-
-
-def prefetch_to_mesh(batches: Iterator, mesh, size: int = 2) -> Iterator:
-  """Keeps `size` global batches in flight on the devices (transfers are async)."""
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(sharding.to_global(batch, mesh))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
-
-def train_iterator(config, builder, mesh, start_step: int = 0) -> Iterator:
-  """Global, device-resident training batches starting at `start_step`."""
-  on_device = augments_on_device(config, builder)
-  batches = prefetch_to_mesh(train_dataset(config, builder, start_step, on_device)
-                             .as_numpy_iterator(), mesh)
-  if not on_device:
-    return batches
-  return _augmented_on_device(batches, config, mesh, start_step)
-
-
-def _augmented_on_device(batches, config, mesh, start_step):
-  fn = device_augment.jitted(config.seed, config.image_size, sharding.batch_sharding(mesh))
-  for step, batch in enumerate(batches, start_step):
-    yield dict(batch, image=fn(batch["image"], step))

@@ -14,15 +14,16 @@ these methods.
   step (written before a kill or a rollback) are dropped, so no step appears
   twice, and a partial last line left by an older version is discarded.
 """
+import importlib
 import io
 import json
 import os
 import socket
+import sys
 import time
+import types
 from typing import Dict, List, Optional
 
-from clu import metric_writers
-from clu.metric_writers import interface
 import jax
 import numpy as np
 from PIL import Image
@@ -33,6 +34,31 @@ from sgan_jax import storage
 
 # Events are written out at least this often (and at every flush()).
 FLUSH_SECONDS = 60.0
+
+
+def _clu_metric_writers():
+  """clu's `metric_writers` package, loaded without TensorFlow.
+
+  Its `__init__` imports its TensorFlow summary writer, so importing any of
+  its writers needs TensorFlow, and loads it where it is installed. This
+  project writes its own event files (`EventFileWriter`): while the package
+  loads, an empty stand-in takes that one module's place (and is removed
+  again, so an explicit import of it later gets the real one).
+  """
+  name = "clu.metric_writers.summary_writer"
+  if "clu.metric_writers" in sys.modules or name in sys.modules:
+    return importlib.import_module("clu.metric_writers")
+  stand_in = types.ModuleType(name)
+  stand_in.SummaryWriter = None
+  sys.modules[name] = stand_in
+  try:
+    return importlib.import_module("clu.metric_writers")
+  finally:
+    del sys.modules[name]
+
+
+metric_writers = _clu_metric_writers()
+interface = metric_writers.interface
 
 
 def _png(image: np.ndarray) -> bytes:

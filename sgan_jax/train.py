@@ -56,7 +56,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with guards.StopSignals() as stop:
     builder = input_pipeline.get_builder(config)   # fails fast if unavailable
     on_device = input_pipeline.augments_on_device(config, builder)   # ... or unsuited
-    logging.info("Augmenting on the %s", "device" if on_device else "host (tf.data)")
+    logging.info("Augmenting on the %s; %d loader worker processes",
+                 "device" if on_device else "host", input_pipeline.worker_count(config))
     stop.raise_if_requested("while preparing the dataset")
     storage.makedirs(workdir)
     input_pipeline.check_classes(config, builder, workdir,
@@ -86,15 +87,19 @@ def _train_with_rollbacks(config, mesh, trainer) -> TrainState:
   """Resume or start, train; on a non-finite step, roll back if allowed."""
   rollbacks_left, ckpt = config.nonfinite_rollbacks, trainer.ckpt
   while True:
+    data_state = None
     if ckpt.latest_step() is not None:
       state = ckpt.restore(abstract_train_state(config, mesh))
-      logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+      data_state = ckpt.restore_data_state(int(state.step))
+      logging.info("Resumed from %s at step %d%s", ckpt.directory, int(state.step),
+                   "" if data_state is not None else " (the checkpoint has no "
+                   "data-loader state: the data order starts anew)")
     else:
       state = create_train_state(config, jax.random.PRNGKey(config.seed), mesh)
     trainer.logger.resume_at(int(state.step))
     trainer.stop.raise_if_requested("while starting")
     try:
-      return trainer.run(state)
+      return trainer.run(state, data_state)
     except guards.NonFiniteError as e:
       if rollbacks_left <= 0:
         raise
@@ -118,8 +123,20 @@ class _Trainer:
                                                  stop.raise_if_requested)
     self.skip_steps = set()   # steps whose batch is skipped after a rollback
 
-  def run(self, state: TrainState) -> TrainState:
+  def run(self, state: TrainState, data_state=None) -> TrainState:
+    """Trains from `state` (its loader at `data_state`) to the last step."""
+    batches = None
+    try:
+      batches = input_pipeline.TrainBatches(self.config, self.builder, self.mesh,
+                                            int(state.step), data_state)
+      return self._run(state, batches)
+    finally:
+      if batches is not None:
+        batches.close()
+
+  def _run(self, state: TrainState, batches) -> TrainState:
     config, total = self.config, self.config.num_train_steps
+    self._batches = batches
     start = int(state.step)
     sample_z = samples.fixed_latents(state.spec, config.seed)
     try:
@@ -128,7 +145,6 @@ class _Trainer:
       return self._stop(state, saved=True)
     if start >= total:
       logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)
-    batches = input_pipeline.train_iterator(config, self.builder, self.mesh, start)
     self._pending, unchecked = [], []
     self._t0, self._last_logged = time.time(), start
     for step in range(start + 1, total + 1):
@@ -157,7 +173,7 @@ class _Trainer:
       if due["sample"]:
         samples.save_samples(state, sample_z, self.workdir, self.logger)
       if due["checkpoint"]:
-        self.ckpt.save(state)
+        self.ckpt.save(state, batches.state)
       if stopping:
         return self._stop(state, saved=due["checkpoint"])
       if due["eval"]:
@@ -185,7 +201,7 @@ class _Trainer:
     """Ends the run on a stop request, with `state` saved."""
     step = int(state.step)
     if not saved:
-      self.ckpt.save(state, force=True)
+      self.ckpt.save(state, self._batches.state, force=True)
     self.ckpt.wait()
     logging.warning("%s received: saved checkpoint %d in %s; exiting.",
                     self.stop.requested, step, self.ckpt.directory)

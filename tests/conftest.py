@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.testing import mocking as tfds_mocking
 from tensorflow_datasets.testing import test_utils as tfds_test_utils
 
 from sgan_jax import benchmark, config_lib, input_pipeline
@@ -99,12 +100,22 @@ class _RealDataDir:
       shutil.rmtree(top, ignore_errors=True)
 
 
+def _mock_getitems(*args, generator, serialized=False):
+  """TFDS's mock data source sets `__getitems__` on a Mock as a plain
+  attribute (a partial of `mocking._getitems(self, record_keys, ...)`), so
+  the batch read that the loader makes arrives without `self` and fails;
+  this stands in for it: the records (examples) at the keys, last argument."""
+  assert not serialized, "the loader reads deserialized examples"
+  return [generator[key] for key in args[-1]]
+
+
 @pytest.fixture
 def mock_tfds(monkeypatch):
   """`with mock_tfds(num_examples=N):` TFDS serves N random examples per
   split of any dataset; its (mocked) download needs no network."""
   monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
   monkeypatch.setattr(tfds_test_utils, "MockFs", _RealDataDir)
+  monkeypatch.setattr(tfds_mocking, "_getitems", _mock_getitems)
 
   @contextlib.contextmanager
   def mocked(num_examples=40):

@@ -38,7 +38,8 @@ def test_flops_of_a_gradient_include_the_backward_convolutions():
 @pytest.mark.slow   # compiles six variants of the step
 def test_benchmark_reports_every_field(tiny_digits):
   config = tiny_digits()
-  result = benchmark.measure(config, steps=2, warmup=1, pipeline_batches=3)
+  result = benchmark.measure(config, steps=2, warmup=1, pipeline_batches=3,
+                             pipeline_workers=(0, 1))
   assert result["step_flops"] > 0
   for part in ("plain_step", "d_phase", "d_phase_no_jacobian", "g_phase",
                "knn_search"):
@@ -47,9 +48,13 @@ def test_benchmark_reports_every_field(tiny_digits):
   assert result["step_flops"] > result["plain_step_flops"]
   for key in ("compile_s", "step_time_median_s", "images_per_s", "achieved_flops_per_s",
               "structural_overhead", "matmul_peak_fp32_flops_per_s",
-              "fraction_of_fp32_peak", "pipeline_images_per_s", "pipeline_to_step_ratio",
-              "pipeline_uint8_images_per_s", "device_augment_images_per_s"):
+              "fraction_of_fp32_peak", "pipeline_to_step_ratio",
+              "pipeline_host_augment_w0_images_per_s", "pipeline_uint8_w0_images_per_s",
+              "pipeline_host_augment_w1_images_per_s", "pipeline_uint8_w1_per_core",
+              "device_augment_images_per_s"):
     assert isinstance(result[key], float) and result[key] > 0, key
+  # 1 worker process: per core is the rate itself.
+  assert result["pipeline_uint8_w1_per_core"] == result["pipeline_uint8_w1_images_per_s"]
   # A difference of two timings: its sign depends on the machine's load (it
   # went negative on a busy machine), so only its definition is checked.
   assert result["jacobian_share_of_d_phase"] == pytest.approx(
@@ -64,8 +69,10 @@ def test_the_authors_step_is_only_timed_where_it_compares():
   wider.model.g_ch = 64
   with pytest.raises(config_lib.ConfigError, match="reference architecture"):
     timing.check_comparable(wider, "cpu")
+  timing.check_comparable(reference, "gpu")   # PyTorch on the CUDA GPU
   with pytest.raises(config_lib.ConfigError, match="JAX_PLATFORMS=cpu"):
-    timing.check_comparable(reference, "gpu")
+    timing.check_comparable(reference, "tpu")
+  assert timing.torch_device("cpu") == "cpu"
 
 
 def test_paired_figures():

@@ -135,10 +135,13 @@ def test_images_arrive_as_stored_grey_and_alpha_as_rgb(tmp_path, tfds_dir, tiny_
     for name, pixels in (("a_rgb", rgb), ("b_grey", grey), ("c_rgba", rgba)):
       os.makedirs(os.path.join(root, split, name))
       Image.fromarray(pixels).save(os.path.join(root, split, name, "x.png"))
+  # One loader worker process: it reads the prepared copy (the builder
+  # itself would scan the folder again).
   config = tiny_config(dataset="image_folder", data_dir=root, num_classes=3,
-                       image_size=16)
+                       image_size=16, data_workers=1)
   builder = input_pipeline.get_builder(config)
-  batch = next(input_pipeline.eval_dataset(config, builder, "test", 8).as_numpy_iterator())
+  assert input_pipeline.fixed_image_shape(builder) == (16, 16, 3)
+  batch = next(input_pipeline.eval_batches(config, builder, "test", 8))
   expected = {0: rgb, 1: np.repeat(grey[..., None], 3, -1), 2: rgba[..., :3]}
   assert sorted(batch["label"]) == [0, 1, 2]
   for image, label in zip(batch["image"], batch["label"]):

@@ -325,5 +325,5 @@ def test_unknown_dataset_is_rejected_before_compiling(tmp_path, monkeypatch, tin
   config = tiny_config(dataset="cifar11")
   with pytest.raises(config_lib.ConfigError,
                      match=r"unknown dataset 'cifar11': neither a TFDS dataset nor "
-                           r"one of this project's \(image_folder, sklearn_digits\)"):
+                           r"one of this project's \(image_folder, prepared, sklearn_digits\)"):
     train.train_and_evaluate(config, str(tmp_path))

@@ -6,11 +6,11 @@ images, both splits have the same classes. Classes are the sorted class-folder
 names; label i is the i-th of them. Image files are those ending in .jpg,
 .jpeg or .png (any case); other files are not part of the dataset.
 
-`ImageFolderBuilder` then prepares an ordinary TFDS copy of the folder once
-(every image decoded in full on the way, so that an unreadable or corrupt
-file stops the preparation with its path, before any training), and the
-input pipeline reads that copy like any TFDS dataset: the same per-process
-slices, shuffling, augmentation, caching and exact resume. JPEG and PNG files
+`ImageFolderBuilder` then prepares an ordinary TFDS copy of the folder once,
+in ArrayRecord files (every image decoded in full on the way, so that an
+unreadable or corrupt file stops the preparation with its path, before any
+training), and the input pipeline reads that copy like any TFDS dataset: the
+same per-process shards, shuffling, augmentation and exact resume. JPEG and PNG files
 in RGB or grey are stored as they are; other modes (palette, alpha, 16-bit,
 CMYK) are stored as RGB PNG. Images of any size are kept at their size: the
 pipeline crops and resizes them.
@@ -22,8 +22,9 @@ changed folder is prepared again rather than read stale.
 """
 import hashlib
 import io
+import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from etils import epath
 import numpy as np
@@ -33,6 +34,10 @@ import tensorflow_datasets as tfds
 from sgan_jax import config_lib
 
 NAME = "image_folder"
+# Written beside the prepared files: the one image shape, if all share one
+# (then the device can augment them, `input_pipeline.fixed_image_shape`).
+IMAGE_SHAPE_FILE = "image_shape.json"
+FILE_FORMAT = "array_record"   # random access for the loader; written without TensorFlow
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _KEEP_AS_IS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
 
@@ -106,23 +111,34 @@ def fingerprint(listing: Dict[str, List[Tuple[epath.Path, int]]]) -> str:
   return h.hexdigest()[:16]
 
 
-def read_image(path: epath.Path) -> bytes:
-  """The encoded image to store: the file's bytes for RGB or grey JPEG/PNG,
-  else the image converted to RGB PNG. Raises ImageFolderError naming the
-  file if it cannot be read and decoded in full."""
+def read_image(path: epath.Path) -> Tuple[bytes, Tuple[int, int]]:
+  """The encoded image to store (the file's bytes for RGB or grey JPEG/PNG,
+  else the image converted to RGB PNG) and its (height, width). Raises
+  ImageFolderError naming the file if it cannot be read and decoded in full."""
   try:
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as image:
       image.load()   # decodes every pixel: truncated or corrupt files fail here
+      size = (image.height, image.width)
       if (image.format, image.mode) in _KEEP_AS_IS:
-        return data
+        return data, size
       out = io.BytesIO()
       image.convert("RGB").save(out, format="PNG")
-      return out.getvalue()
+      return out.getvalue(), size
   except Exception as e:  # PIL raises many types for bad files
     raise ImageFolderError(
         f"cannot read image {path} ({type(e).__name__}: {e}); replace or "
         f"remove the file") from None
+
+
+def stored_image_shape(data_dir) -> Optional[Tuple[int, int, int]]:
+  """The (H, W, 3) all images of a prepared folder share, from its
+  `IMAGE_SHAPE_FILE` (None if they vary, or if it has none)."""
+  path = epath.Path(data_dir) / IMAGE_SHAPE_FILE
+  if not path.exists():
+    return None
+  shape = json.loads(path.read_text())["image_shape"]
+  return None if shape is None else tuple(shape)
 
 
 def default_data_dir() -> str:
@@ -133,15 +149,18 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   """A TFDS builder for `ROOT/<split>/<class>/<image>` (see the module
   docstring). `classes` are the sorted class names."""
   name = "sgan_image_folder"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "2.0.0": "ArrayRecord files; the shared image shape recorded."}
 
   def __init__(self, root_dir, splits: Sequence[str], data_dir=None):
     self.root_dir = epath.Path(root_dir)
     self.classes, self._listing = scan(self.root_dir, splits)
+    self._sizes = set()
     config = tfds.core.BuilderConfig(name=fingerprint(self._listing),
                                      description=f"images of {self.root_dir}")
-    super().__init__(data_dir=data_dir or default_data_dir(), config=config)
+    super().__init__(data_dir=data_dir or default_data_dir(), config=config,
+                     file_format=FILE_FORMAT)
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -160,4 +179,10 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   def _generate_examples(self, split):
     for i, (path, label) in enumerate(self._listing[split]):
-      yield i, {"image": read_image(path), "label": np.int64(label)}
+      data, size = read_image(path)
+      self._sizes.add(size)
+      yield i, {"image": data, "label": np.int64(label)}
+    if split == list(self._listing)[-1]:   # every split is done: note the shape
+      shape = [*self._sizes.pop(), 3] if len(self._sizes) == 1 else None
+      (epath.Path(self.data_dir) / IMAGE_SHAPE_FILE).write_text(
+          json.dumps({"image_shape": shape}))

@@ -1,9 +1,14 @@
 """The embedded default dataset: scikit-learn's bundled 8x8 digits as TFDS.
 
 No network is needed: `download_and_prepare` reads the copy that ships inside
-scikit-learn and writes an ordinary TFDS dataset (a few hundred KB).
+scikit-learn and writes an ordinary TFDS dataset in ArrayRecord files (a few
+hundred KB). Images are stored PNG-encoded, so no TensorFlow is needed to
+prepare or read it.
 """
+import io
+
 import numpy as np
+from PIL import Image
 from sklearn import datasets
 import tensorflow_datasets as tfds
 
@@ -12,8 +17,9 @@ NUM_TEST = 297   # of 1,797 images; the rest (1,500) is the train split
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's digits (UCI optdigits test set), 8x8 RGB uint8, 10 classes."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "2.0.0": "ArrayRecord files, PNG-encoded images (no TensorFlow)."}
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -39,5 +45,6 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     chosen = order[:NUM_TEST] if test else order[NUM_TEST:]
     for i in chosen:
       grey = np.round(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-      yield int(i), {"image": np.repeat(grey[..., None], 3, axis=-1),
-                     "label": int(digits.target[i])}
+      png = io.BytesIO()
+      Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(png, format="PNG")
+      yield int(i), {"image": png.getvalue(), "label": int(digits.target[i])}

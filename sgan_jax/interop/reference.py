@@ -75,10 +75,11 @@ def _injected_randn_like(u):
 class ReferenceTrainer:
   """The authors' models and optimisers, and their step with injected noise."""
 
-  def __init__(self, ref, spec, seed, dtype="float32"):
+  def __init__(self, ref, spec, seed, dtype="float32", device="cpu"):
     import torch  # pylint: disable=import-outside-toplevel
     self.torch, self.ref = torch, ref
     self.dtype = getattr(torch, dtype)
+    self.device = torch.device(device)   # "cuda" for their code on a GPU
     torch.manual_seed(seed)   # the same initial values in either dtype
     args = types.SimpleNamespace(gn_channel_per_group=spec.channels_per_group,
                                  project_dim=spec.embed_dim,
@@ -94,7 +95,7 @@ class ReferenceTrainer:
         q.data.copy_(p.data)
         q.requires_grad = False
     for m in self._models():
-      m.to(self.dtype)
+      m.to(self.dtype).to(self.device)
     self.opt_d = torch.optim.AdamW(self.model_d.parameters(), lr=spec.d_lr,
                                    betas=(spec.b1, spec.b2), eps=spec.adam_eps,
                                    weight_decay=spec.d_weight_decay)
@@ -128,7 +129,8 @@ class ReferenceTrainer:
 
   def checkpoint(self):
     """The four state_dicts, as NumPy, in the reference checkpoint's layout."""
-    np_sd = lambda m: {k: v.detach().numpy().copy() for k, v in m.module.state_dict().items()}
+    np_sd = lambda m: {k: v.detach().cpu().numpy().copy()
+                       for k, v in m.module.state_dict().items()}
     return {"state_dict_D": np_sd(self.model_d), "moment_state_dict_D": np_sd(self.moment_d),
             "state_dict_G": np_sd(self.model_g), "moment_state_dict_G": np_sd(self.moment_g)}
 
@@ -136,8 +138,7 @@ class ReferenceTrainer:
     """`main_cls.train`'s loop body for one batch (KNN=1, weights 3/5/20/1); `after_d_update()`
     runs between the phases. Returns (values, gradients), or None with `collect=False`."""
     torch, ref = self.torch, self.ref
-    img, label = torch.from_numpy(img).to(self.dtype), torch.from_numpy(label).long()
-    z_d, z_g, u = (torch.from_numpy(a).to(self.dtype) for a in (z_d, z_g, u))
+    img, label, z_d, z_g, u = self._on_device(img, label, z_d, z_g, u)
     model_d, model_g = self.model_d, self.model_g
     out = {}
     for train_d, z in ((True, z_d), (False, z_g)):
@@ -190,8 +191,15 @@ class ReferenceTrainer:
     model_d.module.dequeue_and_enqueue(norm_embed, bg_feat)
     if not collect:
       return None
-    values = {k: v.detach().numpy().astype(np.float64) for k, v in out.items()}
+    values = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in out.items()}
     return values, self.with_params(grads_d, grads_g)
+
+  def _on_device(self, img, label, *noise):
+    """The step's NumPy inputs as tensors on the trainer's device (labels as
+    int64, the rest in its dtype)."""
+    to = lambda a: self.torch.from_numpy(a).to(self.device, self.dtype)
+    return (to(img), self.torch.from_numpy(label).to(self.device).long(),
+            *(to(a) for a in noise))
 
   def _adversarial_terms(self, img, gen_img, norm_embed, gen_norm_embed):
     """The loop body's coarse and fine terms, in the authors' order: their
@@ -212,7 +220,7 @@ class ReferenceTrainer:
   def _grads(model):
     """A snapshot of the parameter gradients, by state_dict name (the G
     phase's backward also adds to D's `.grad`, so take them right away)."""
-    return {name: p.grad.detach().numpy().copy()
+    return {name: p.grad.detach().cpu().numpy().copy()
             for name, p in model.module.named_parameters()}
 
   def with_params(self, d_tensors, g_tensors):
@@ -226,7 +234,7 @@ class ReferenceTrainer:
   def adam_moments(self):
     """(step, checkpoint of first moments, checkpoint of second moments)."""
     def moments(model, opt, key):
-      return {name: opt.state[p][key].numpy().copy()
+      return {name: opt.state[p][key].cpu().numpy().copy()
               for name, p in model.module.named_parameters() if p in opt.state}
     if not self.opt_d.state:
       return 0, None, None
