@@ -26,7 +26,6 @@ Prints, and writes as JSON:
   batch), each also per core; and the jitted device augmentation alone
   (`pipeline_rates`).
 """
-import os
 import platform
 import statistics
 import time
@@ -35,7 +34,6 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
 from sgan_jax import (cli, config_lib, flops, losses, pipeline_rates, profiling,
                       sharding, step, storage)

@@ -8,7 +8,8 @@ covariances of `gaussian_jsd`, the k-NN search, G's batch norm) is over the
 global batch, whatever the device or process count.
 
 Multi-host: `initialize_distributed` starts `jax.distributed`; each process
-then feeds its own rows (`local_batch_size`, `to_global`).
+then feeds its own rows (`to_global`; the loader's share of the global
+batch: `input_pipeline.train_batch_keys`).
 """
 from typing import Optional, Sequence
 
@@ -56,15 +57,6 @@ def data_parallel_jit(step_fn, mesh: Mesh):
   rep, data = replicated(mesh), batch_sharding(mesh)
   return jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
                  donate_argnums=0)
-
-
-def local_batch_size(global_batch_size: int) -> int:
-  """Rows each process feeds; the global batch must split evenly."""
-  n = jax.process_count()
-  if global_batch_size % n:
-    raise ValueError(f"global_batch_size {global_batch_size} is not divisible "
-                     f"by the number of processes {n}")
-  return global_batch_size // n
 
 
 def to_global(local_batch, mesh: Mesh):
