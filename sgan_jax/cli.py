@@ -1,13 +1,12 @@
 """What the command lines (`main`, `evaluate`, `benchmark`) share: flag
 parsing that reports a bad `--config.*` override in one line, the mapping of
-errors to one `error:` line and an exit code, and the log filter."""
+errors to one `error:` line and an exit code, and the compilation cache."""
 import contextlib
-import logging as std_logging
 import os
 import sys
 from typing import Dict, Type
 
-from absl import flags, logging
+from absl import flags
 import jax
 from ml_collections import config_flags
 
@@ -24,7 +23,7 @@ def parse_flags(argv):
   config overrides and flags reported in one line, exit code 2. A
   `--config=NAME` naming a packaged config (`cifar10`, `digits`, ...) rather
   than a file is read from the package."""
-  argv = [_packaged_config(a) for a in argv]
+  argv = [_packaged_config(a) for a in _joined_config_flag(argv)]
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -32,6 +31,19 @@ def parse_flags(argv):
   except (flags.Error, TypeError, ValueError) as e:
     _fail(f"bad command line: {e}\n(see --helpfull for the flags; "
           f"config fields are listed in README.md)", USER_ERROR)
+
+
+def _joined_config_flag(argv):
+  """`--config NAME` (a space, as many tools accept) as `--config=NAME`."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] == "--config" and i + 1 < len(argv):
+      out.append(f"--config={argv[i + 1]}")
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
 
 
 def _packaged_config(arg: str) -> str:
@@ -73,18 +85,6 @@ def exit_on(errors: Dict[Type[BaseException], int]):
   except tuple(errors) as e:
     code = next(c for kind, c in errors.items() if isinstance(e, kind))
     _fail(str(e), code)
-
-
-class _OwnInfoOnly(std_logging.Filter):
-  """Keeps INFO lines of sgan_jax; libraries (Orbax, clu, XLA) only warn."""
-
-  def filter(self, record):
-    return (record.levelno >= std_logging.WARNING
-            or f"{os.sep}sgan_jax{os.sep}" in record.pathname)
-
-
-def quiet_library_logs():
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
 # ------------------------------------------------ persistent compilation cache

@@ -14,7 +14,8 @@ import re
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sgan_jax import evaluators, storage
+from sgan_jax import config_fields, evaluators, storage
+from sgan_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError)
 
 from sgan_jax.models import discriminator, generator, layers
 
@@ -27,6 +28,7 @@ def reference_config() -> ml_collections.ConfigDict:
   c.train_split = "train"        # TFDS split to train on
   c.test_split = "test"          # TFDS split to evaluate on
   c.class_subset = ""            # keep only these label ids: "3,7,9" or a file of ids; "" keeps all
+  c.max_image_pixels = 89_478_485  # image_folder: a larger image (a decompression bomb?) is a bad file; PIL's limit
   c.image_size = 32              # square input/output resolution: 16, 32, 64 or 128
   c.num_classes = 10             # classes of the online probe and evaluation
   c.global_batch_size = 512      # images per step over all devices and hosts
@@ -133,7 +135,7 @@ def load_config(path_or_name: str) -> ml_collections.ConfigDict:
 FIRST_CONFIG = "config.json"
 # Fields added after runs were made that do not change what a run computes;
 # a workdir's config without them takes today's default.
-_ADDED_SINCE = ("augment_on", "data_workers")
+_ADDED_SINCE = ("augment_on", "data_workers", "max_image_pixels")
 _RESUME_CONFIG = re.compile(r"config_resume_(\d+)\.json")
 
 
@@ -147,6 +149,28 @@ def write_run_config(config, workdir: storage.PathLike, start_step: int):
   return p
 
 
+def _flat(config, prefix=""):
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def changes_since_last_start(config, workdir: storage.PathLike):
+  """`["field: old -> new", ...]` for each field whose value differs from the
+  config the run in `workdir` was last started with; [] when there is no
+  earlier start, or its config cannot be read."""
+  try:
+    last = _flat(read_run_config(workdir))
+  except ConfigError:
+    return []
+  return [f"{k}: {last.get(k)!r} -> {v!r}" for k, v in _flat(config).items()
+          if last.get(k) != v]
+
+
 def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
   """The config of the newest start of the run in `workdir`, validated.
   Raises ConfigError, in one line, for a missing, unreadable or invalid one."""
@@ -158,16 +182,18 @@ def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
     raise ConfigError(f"{folder} has no {FIRST_CONFIG}: is it a training workdir?")
   try:
     stored = json.loads(p.read_text())
+    if not isinstance(stored, dict):
+      raise TypeError(f"it holds a JSON {type(stored).__name__}, not an object")
+    if isinstance(stored.get("eval"), dict):
+      # The evaluation protocol may have changed since the run started: its
+      # settings take today's defaults where the run's config has none, and
+      # settings that no longer exist are dropped.
+      today = reference_config().eval.to_dict()
+      stored["eval"] = {**today, **{k: v for k, v in stored["eval"].items() if k in today}}
     config = ml_collections.ConfigDict(stored)
   except (ValueError, TypeError) as e:   # JSONDecodeError is a ValueError
     raise ConfigError(f"{p} is not a valid config ({type(e).__name__}: {e}); "
                       f"restore it, or evaluate with another workdir") from None
-  if isinstance(stored.get("eval"), dict):
-    # The evaluation protocol may have changed since the run started: its
-    # settings take today's defaults where the run's config has none, and
-    # settings that no longer exist are dropped.
-    config.eval = reference_config().eval
-    config.eval.update({k: v for k, v in stored["eval"].items() if k in config.eval})
   for key in _ADDED_SINCE:   # where runs started before a field existed
     if key not in config:
       config[key] = reference_config()[key]
@@ -178,16 +204,16 @@ def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
   return config
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; raised before anything is compiled."""
-
-
 def _check_fields(config, reference, prefix=""):
   for key in config.keys():
     if key not in reference:
       raise ConfigError(f"unknown config field '{prefix}{key}'; known fields: "
                         f"{', '.join(sorted(reference.keys()))}")
     if isinstance(reference[key], ml_collections.ConfigDict):
+      if not isinstance(config[key], (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"config field '{prefix}{key}' must be a group of fields "
+                          f"({', '.join(sorted(reference[key].keys()))}), got "
+                          f"{config[key]!r}")
       _check_fields(config[key], reference[key], f"{prefix}{key}.")
   for key in reference.keys():
     if key not in config:
@@ -196,15 +222,20 @@ def _check_fields(config, reference, prefix=""):
 
 def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
              num_devices: int = 1) -> None:
-  """Rejects configs that would fail or silently misbehave later."""
-  _check_fields(config, reference_config())
+  """Rejects configs that would fail or silently misbehave later: unknown or
+  missing fields, a value of the wrong type or out of its range
+  (`config_fields`), and combinations that cannot work."""
+  reference = reference_config()
+  _check_fields(config, reference)
+  config_fields.check_types(config, reference)
+  config_fields.check_ranges(config, reference)
   _check_data(config)
   b = config.global_batch_size
-  if b <= 0 or b % num_processes or b % num_devices:
+  if b % num_processes or b % num_devices:
     raise ConfigError(
         f"global_batch_size {b} must be positive and divisible by the number "
         f"of processes ({num_processes}) and of devices ({num_devices})")
-  if config.queue_size <= 0 or config.queue_size % b:
+  if config.queue_size % b:
     raise ConfigError(f"queue_size {config.queue_size} must be a positive "
                       f"multiple of global_batch_size {b}")
   try:
@@ -219,25 +250,11 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
     layers.check_widths(config.model.d_widths, config.model.channels_per_group)
   except ValueError as e:
     raise ConfigError(f"model.d_widths: {e}") from None
-  positive = {"num_train_steps": config.num_train_steps,
-              "optim.d_lr": config.optim.d_lr, "optim.g_lr": config.optim.g_lr,
-              "loss.eps": config.loss.eps, "loss.knn_k": config.loss.knn_k,
-              "loss.jacobian_iters": config.loss.jacobian_iters}
-  positive.update({f"loss.{k}": v for k, v in config.loss.items()
-                   if k.endswith("_weight")})
-  positive.update({f"eval.{k}": v for k, v in config.eval.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
-  positive.update({f"eval.c_grid[{i}]": v for i, v in enumerate(config.eval.c_grid)})
   weights = config.eval.inception_weights
   if weights and not storage.exists(weights):
     raise ConfigError(f"eval.inception_weights: no file at {weights}; give the path of "
                       f"pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or '' to skip FID")
   _check_eval(config.eval, num_devices)
-  for every in ("log", "checkpoint", "sample", "eval"):
-    positive[f"{every}_every_steps"] = config[f"{every}_every_steps"]
-  for name, value in positive.items():
-    if not value > 0:
-      raise ConfigError(f"{name} must be positive, got {value}")
   if config.model.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype must be 'float32' or 'bfloat16', "
                       f"got {config.model.compute_dtype!r}")
@@ -258,14 +275,9 @@ def _check_data(config) -> None:
   if config.augment_on not in ("auto", "host", "device"):
     raise ConfigError(f"augment_on must be 'auto', 'host' or 'device', got "
                       f"{config.augment_on!r}")
-  if not isinstance(config.data_workers, int) or config.data_workers < -1:
-    raise ConfigError(f"data_workers must be -1 (auto), 0 (no worker processes) "
-                      f"or a number of processes, got {config.data_workers!r}")
 
 
 def _check_eval(e, num_devices: int) -> None:
-  if not 0 < e.val_fraction < 1:
-    raise ConfigError(f"eval.val_fraction must be in (0, 1), got {e.val_fraction}")
   if e.batch_size % num_devices:
     raise ConfigError(f"eval.batch_size {e.batch_size} must be "
                       f"divisible by the number of devices ({num_devices})")

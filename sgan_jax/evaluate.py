@@ -19,7 +19,7 @@ from absl import app, flags  # noqa: E402  (after the TF log level)
 from ml_collections import config_flags  # noqa: E402
 
 from sgan_jax import (checkpointing, cli, config_lib, curves,  # noqa: E402
-                      evaluation, input_pipeline, storage)
+                      errors, evaluation, progress, storage)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir (with config.json "
@@ -35,15 +35,20 @@ cli.define_config_overrides(
 cli.define_compilation_cache_flag()
 flags.mark_flag_as_required("workdir")
 
-ERRORS = {checkpointing.CheckpointError: cli.USER_ERROR,
-          config_lib.ConfigError: cli.USER_ERROR,
-          input_pipeline.DatasetUnavailableError: cli.USER_ERROR}
+ERRORS = {
+    # A user error (config, data, a missing checkpoint, an output folder that
+    # cannot be written): one line, nothing computed.
+    errors.UserError: cli.USER_ERROR,
+    checkpointing.CheckpointError: cli.USER_ERROR,
+    # An I/O failure during the evaluation (checkpoints are only ever read).
+    OSError: cli.RUN_STOPPED,
+}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  progress.quiet_library_logs()
   cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   with cli.exit_on(ERRORS):
     config = config_lib.read_run_config(FLAGS.workdir)

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax import (checkpointing, curves, evaluators, fid, generator_eval,
-                      input_pipeline, sharding, storage)
+from sgan_jax import (checkpointing, curves, dataset_builders, errors, evaluators,
+                      fid, generator_eval, input_pipeline, progress, sharding, storage)
 from sgan_jax.state import (StepSpec, abstract_train_state, init_discriminator,
                             init_generator)
 
@@ -59,7 +59,10 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh,
   """
   bs = config.eval.batch_size
   labels, pixels, feats = [], [], {m: {} for m in named_params}
-  for batch in input_pipeline.eval_batches(config, builder, split, bs):
+  batches = input_pipeline.EvalBatches(config, builder, split, bs)
+  report = progress.Progress(f"  features of the {split} split ({', '.join(named_params)})",
+                             len(batches), "images")
+  for batch in batches:
     check_stop()
     full = input_pipeline.pad_to_full_batch(batch, bs)
     mask = full["mask"]
@@ -71,6 +74,7 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh,
       outs = [sharding.to_host(o)[mask] for o in _d_features(spec, params, images)]
       for name, value in zip(("backbone", "embedding", "probe_pred"), outs):
         feats[model].setdefault(name, []).append(value)
+    report.update(int(mask.sum()))
   cat = lambda parts: np.concatenate(parts) if parts else np.zeros((0,))
   return (cat(labels), cat(pixels),
           {m: {k: cat(v) for k, v in f.items()} for m, f in feats.items()})
@@ -86,7 +90,7 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
   """
   (y_train, pixels_train, feats_train), (y_test, pixels_test, feats_test) = (
       train_split, test_split)
-  n_cls, out = config.num_classes, {}
+  jobs, out = [], {}
   for model in models:
     if include is not None and model not in include:
       continue
@@ -100,15 +104,17 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
       if model != "random_init":   # the online probe trained with D
         out[f"{model}/backbone/online_probe/top1"] = float(
             np.mean(feats_test[model]["probe_pred"] == y_test))
-    for feature, (train_x, test_x) in sets.items():
-      for name in names:
-        check_stop()
-        t0 = time.time()
-        scores = evaluators.get(name)((train_x, y_train), (test_x, y_test), n_cls,
-                                      config.eval)
-        out.update({f"{model}/{feature}/{name}/{k}": v for k, v in scores.items()})
-        logging.info("  %s %s %s: %s (%.1f s)", model, feature, name, ", ".join(
-            f"{k} {v:.4f}" for k, v in scores.items()), time.time() - t0)
+    jobs += [(model, feature, name, xs) for feature, xs in sets.items() for name in names]
+  report = progress.Progress("  evaluators", len(jobs), "fits", every=0.0)
+  for model, feature, name, (train_x, test_x) in jobs:
+    check_stop()
+    t0 = time.time()
+    scores = evaluators.get(name)((train_x, y_train), (test_x, y_test),
+                                  config.num_classes, config.eval)
+    out.update({f"{model}/{feature}/{name}/{k}": v for k, v in scores.items()})
+    logging.info("  %s %s %s: %s (%.1f s)", model, feature, name, ", ".join(
+        f"{k} {v:.4f}" for k, v in scores.items()), time.time() - t0)
+    report.update()
   return out
 
 
@@ -267,11 +273,14 @@ def evaluate_checkpoints(config, workdir: storage.PathLike, steps,
   turn, read-only, computing the baselines (random-init D and G, raw pixels,
   G's classifier) once; writes each `eval_<step>.json` and the learning curve
   to `output_dir` (default: workdir). Returns `[(step, results)]`."""
+  progress.show_info_logs()
   mesh = sharding.make_mesh()
-  builder = input_pipeline.get_builder(config)
-  input_pipeline.check_classes(config, builder, workdir, write=False)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, read_only=True)
-  output_dir = storage.makedirs(output_dir or workdir)
+  with errors.startup_io("cannot set up the evaluation"):
+    output_dir = storage.check_writable(output_dir or workdir)
+    builder = dataset_builders.get_builder(config)
+    dataset_builders.check_classes(config, builder, workdir, write=False)
+    fid.check_weights(config)
+    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, read_only=True)
   evaluator, done = TrainingEvaluator(config, builder, mesh, output_dir), []
   try:
     for i, step in enumerate(steps):

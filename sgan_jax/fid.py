@@ -18,7 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from sgan_jax import inception, storage, torch_files
+from sgan_jax import errors, inception, storage, torch_files
 from sgan_jax.generator_eval import frechet_distance, gaussian_stats, kl_score
 from sgan_jax.utils import map_in_batches
 
@@ -28,9 +28,20 @@ SKIP_MESSAGE = ("FID and Inception Score skipped: set --config.eval.inception_we
 
 
 def load_variables(path: storage.PathLike) -> Dict:
-  """The network's variables from pytorch-fid's weights file."""
-  return inception.variables_from_torch(
-      torch_files.load_state_dict(storage.path(path).read_bytes()))
+  """The network's variables from pytorch-fid's weights file; a file that is
+  not that (damaged, crafted, another network) is a one-line ConfigError."""
+  try:
+    return inception.variables_from_torch(
+        torch_files.load_state_dict(storage.path(path).read_bytes()))
+  except ValueError as e:   # torch_files' refusals, inception's shape/key checks
+    raise errors.ConfigError(f"eval.inception_weights={path}: {e}") from None
+
+
+def check_weights(config) -> None:
+  """Reads `eval.inception_weights` (if set) at start-up, so that a bad file
+  stops the run before training rather than at its first evaluation."""
+  if config.eval.inception_weights:
+    load_variables(config.eval.inception_weights)
 
 
 @jax.jit

@@ -12,191 +12,24 @@ random-access ArrayRecord data sources and loaded by grain.
   (no replay of the stream).
 - Evaluation: every process reads a whole split in order, centre-cropped.
 
-Preparing a TFDS catalog dataset whose images come as arrays (e.g. cifar10)
-needs TensorFlow once (`pip install 'sgan_jax[tf]'`); reading a prepared one,
-and this project's own datasets, never do.
+Which dataset a config names and its preparation: `sgan_jax.dataset_builders`.
 """
 import collections
-import importlib.util
 import json
 import os
-import socket
 from typing import Dict, Iterator, Optional
 
 from absl import flags
 from absl import logging
 import grain
 import jax
-from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from sgan_jax import augment as device_augment
-from sgan_jax import config_lib, host_images, sharding, storage
-from sgan_jax import datasets  # importing it registers the project datasets with TFDS
+from sgan_jax import config_lib, datasets, host_images, sharding
 
-# A prepared TFDS dataset read from its folder (copied from another machine):
-# no builder code, source files or download needed.
-PREPARED = "prepared"
-PROJECT_DATASETS = frozenset([datasets.SklearnDigits.name, datasets.image_folder.NAME,
-                              PREPARED])
-CLASSES_FILE = "classes.json"   # the run's class names, label order
-FILE_FORMAT = "array_record"    # what grain reads (random access)
 _MAX_WORKERS = 16
-
-
-class DatasetUnavailableError(RuntimeError):
-  """The dataset is not prepared in `data_dir` and cannot be downloaded."""
-
-
-def _can_download() -> bool:
-  """A fast offline check: TFDS's own retries take minutes to give up."""
-  try:
-    socket.getaddrinfo("storage.googleapis.com", 443)
-    return True
-  except OSError:
-    return False
-
-
-def _builder(config) -> tfds.core.DatasetBuilder:
-  if config.dataset == PREPARED:
-    if not storage.exists(storage.path(config.data_dir) / "dataset_info.json"):
-      raise config_lib.ConfigError(
-          f"dataset '{PREPARED}' reads a prepared TFDS dataset from its folder, "
-          f"and {config.data_dir} has no dataset_info.json; pass the folder "
-          f"that holds it (e.g. DATA_DIR/cifar10/3.0.2) as --config.data_dir")
-    return _with_num_classes(tfds.builder_from_directory(config.data_dir), config)
-  if config.dataset == datasets.image_folder.NAME:
-    return _with_num_classes(datasets.ImageFolderBuilder(
-        config.data_dir, (config.train_split, config.test_split)), config)
-  try:
-    return tfds.builder(config.dataset, data_dir=config.data_dir or None,
-                        file_format=FILE_FORMAT)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise config_lib.ConfigError(
-        f"unknown dataset '{config.dataset}': neither a TFDS dataset nor one of "
-        f"this project's ({', '.join(sorted(PROJECT_DATASETS))}); "
-        f"`tfds.list_builders()` lists TFDS's") from None
-
-
-def _with_num_classes(builder, config):
-  """`builder` if its class count is `num_classes` (or a subset is chosen)."""
-  found = builder.info.features["label"].num_classes
-  if config_lib.class_subset_ids(config) is None and found != config.num_classes:
-    what = (f"image folder {config.data_dir}" if config.dataset == datasets.image_folder.NAME
-            else f"dataset '{config.dataset}' ({config.data_dir})")
-    raise config_lib.ConfigError(
-        f"num_classes is {config.num_classes} but {what} has {found} classes; "
-        f"pass --config.num_classes={found}")
-  return builder
-
-
-def _prepare(builder, config):
-  """Builds or downloads the dataset into its data_dir."""
-  name = config.dataset.split("/")[0]
-  if name not in PROJECT_DATASETS and not _can_download():
-    where = config.data_dir or tfds.core.constants.DATA_DIR
-    raise DatasetUnavailableError(
-        f"dataset '{config.dataset}' is not prepared in data_dir '{where}' and "
-        f"cannot be downloaded (no network). Prepare it on a machine with "
-        f"internet access (`tfds build {config.dataset} --data_dir=DIR`, or "
-        f"for imagenet2012 place the archives in DIR/downloads/manual first), "
-        f"copy DIR here and pass --config.data_dir=DIR.")
-  if name not in PROJECT_DATASETS and importlib.util.find_spec("tensorflow") is None:
-    raise DatasetUnavailableError(
-        f"preparing dataset '{config.dataset}' needs TensorFlow once (TFDS "
-        f"encodes its images with it): `pip install 'sgan_jax[tf]'` and run "
-        f"again, or prepare it elsewhere (`tfds build {config.dataset} "
-        f"--file_format={FILE_FORMAT} --data_dir=DIR`) and pass "
-        f"--config.data_dir=DIR; reading a prepared dataset needs no TensorFlow")
-  try:
-    builder.download_and_prepare()
-  except config_lib.ConfigError:   # a bad image folder: its own one-line message
-    raise
-  except Exception as e:  # TFDS raises many types; say which dataset failed.
-    raise DatasetUnavailableError(
-        f"could not prepare dataset '{config.dataset}' in data_dir "
-        f"'{builder.data_dir}': {e}") from e
-
-
-def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The dataset's TFDS builder, prepared (built or downloaded) if need be.
-
-  In a run of several processes only process 0 prepares the dataset (they
-  share the data_dir; concurrent builds would race on TFDS's final rename);
-  the others wait for it, and fail with it.
-  """
-  builder = _builder(config)
-  if builder.is_prepared():
-    return _readable(builder, config)
-  if jax.process_count() == 1:
-    _prepare(builder, config)
-    return _readable(builder, config)
-  error = None
-  if jax.process_index() == 0:
-    try:
-      _prepare(builder, config)
-    except (DatasetUnavailableError, config_lib.ConfigError) as e:
-      error = e
-  prepared = multihost_utils.broadcast_one_to_all(np.int32(error is None))
-  if error is not None:
-    raise error
-  if not prepared:
-    raise DatasetUnavailableError(
-        f"process 0 could not prepare dataset '{config.dataset}' (its log says "
-        f"why); this process waited for it")
-  return _readable(_builder(config), config)   # now sees the prepared files
-
-
-def _readable(builder, config):
-  """`builder` if its prepared files are ArrayRecord; else a one-line error
-  saying how to prepare them so."""
-  fmt = builder.info.file_format
-  fmt = getattr(fmt, "value", fmt)
-  if fmt not in (None, FILE_FORMAT):
-    raise DatasetUnavailableError(
-        f"dataset '{config.dataset}' in {builder.data_dir} is prepared as "
-        f"{fmt}, and this project reads {FILE_FORMAT} (random access): prepare "
-        f"it again with `tfds build {config.dataset} --file_format={FILE_FORMAT} "
-        f"--data_dir=DIR` (TensorFlow needed for that step only) and pass "
-        f"--config.data_dir=DIR")
-  return builder
-
-
-def class_names(config, builder) -> list:
-  """The run's class names in label order (after `class_subset`)."""
-  names = builder.info.features["label"].names
-  subset = config_lib.class_subset_ids(config)
-  if subset is not None:
-    if max(subset) >= len(names):
-      raise config_lib.ConfigError(
-          f"class_subset id {max(subset)} does not exist: dataset "
-          f"'{config.dataset}' has {len(names)} classes")
-    names = [names[i] for i in subset]
-  return list(names)
-
-
-def check_classes(config, builder, workdir, write: bool) -> None:
-  """Compares the dataset's classes with the run's `classes.json` in
-  `workdir`, so that labels mean the same in training and every evaluation.
-  Writes the file if `write` and it is missing; raises ConfigError (one
-  line) if they differ."""
-  names = class_names(config, builder)
-  path = storage.path(workdir) / CLASSES_FILE
-  if not storage.exists(path):
-    if write:
-      storage.write_json(path, names)
-    return
-  stored = storage.read_json(path)
-  if stored != names:
-    changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in
-               enumerate(zip(stored, names)) if a != b][:3]
-    raise config_lib.ConfigError(
-        f"dataset '{config.dataset}' ({config.data_dir or 'default data_dir'}) has "
-        f"classes that differ from the run's {path} ({len(stored)} there, "
-        f"{len(names)} here; {', '.join(changed) or 'extra classes'}); use the "
-        f"data the run was trained on")
 
 
 def fixed_image_shape(builder):
@@ -360,24 +193,33 @@ class TrainBatches:
     close_loader(iterator)
 
 
-def eval_batches(config, builder, split: str, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
+class EvalBatches:
   """Un-augmented batches of a whole split, in order: `image` float32 in
-  [-1, 1], `label`, `mask` (all True).
+  [-1, 1], `label`, `mask` (all True); `len()` is the number of images.
 
   Every process reads the whole split and feeds its share of each batch
   (`sharding.process_rows`). The last batch may be short: `pad_to_full_batch`
   pads it.
   """
-  data = records(config, builder, split)
-  batches = grain.MapDataset.range(len(data)).batch(batch_size, drop_remainder=False)
-  batches = batches.map_with_index(
-      host_images.ReadBatch(data, host_images.CENTER, config.image_size))
-  iterator = iter(loader(batches, worker_count(config)))
-  try:
-    for batch in iterator:
-      yield dict(batch, mask=np.ones(len(batch["label"]), bool))
-  finally:   # also when the caller stops early (a stop request)
-    close_loader(iterator)
+
+  def __init__(self, config, builder, split: str, batch_size: int):
+    self.config, self.batch_size = config, batch_size
+    self.data = records(config, builder, split)
+
+  def __len__(self) -> int:
+    return len(self.data)
+
+  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    batches = grain.MapDataset.range(len(self.data)).batch(self.batch_size,
+                                                           drop_remainder=False)
+    batches = batches.map_with_index(
+        host_images.ReadBatch(self.data, host_images.CENTER, self.config.image_size))
+    iterator = iter(loader(batches, worker_count(self.config)))
+    try:
+      for batch in iterator:
+        yield dict(batch, mask=np.ones(len(batch["label"]), bool))
+    finally:   # also when the caller stops early (a stop request)
+      close_loader(iterator)
 
 
 def pad_to_full_batch(batch: Dict[str, np.ndarray], batch_size: int):

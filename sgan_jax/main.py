@@ -12,8 +12,8 @@ from absl import app, flags, logging  # noqa: E402  (after the TF log level)
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sgan_jax import (checkpointing, cli, config_lib, evaluation, guards,  # noqa: E402
-                      input_pipeline, sharding, train)
+from sgan_jax import (checkpointing, cli, errors, evaluation, guards,  # noqa: E402
+                      progress, sharding, train)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -29,9 +29,9 @@ cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 ERRORS = {
-    # A user error: say what and how to fix it.
-    config_lib.ConfigError: cli.USER_ERROR,
-    input_pipeline.DatasetUnavailableError: cli.USER_ERROR,
+    # A user error (config, data, paths and permissions at start-up): say
+    # what and how to fix it.
+    errors.UserError: cli.USER_ERROR,
     # The run stopped; every checkpoint on disk is complete and finite.
     checkpointing.CheckpointError: cli.RUN_STOPPED,
     guards.NonFiniteError: cli.RUN_STOPPED,
@@ -42,7 +42,7 @@ ERRORS = {
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  progress.quiet_library_logs()
   cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.distributed)

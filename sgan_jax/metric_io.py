@@ -4,18 +4,25 @@ Everything is written through `sgan_jax.storage`, so a workdir on cloud
 storage gets every file. Only process 0 writes files; every process may call
 these methods.
 
-- TensorBoard: `EventFileWriter` (a clu `MetricWriter`) collects scalars and
-  images and writes them, at each flush, as a new complete event file
-  `events.out.tfevents.<start>.<host>.<pid>.<seq>`. No file is ever appended
-  to, which object stores do not allow; TensorBoard reads the files in name
+- TensorBoard: `EventFileWriter` (a clu `MetricWriter`) writes scalars and
+  images to one event file per writer, that is per run start:
+  `events.out.tfevents.<start>.<host>.<pid>.<n>`. A local file is appended
+  to and flushed at every event, so a kill loses nothing. Object stores
+  (gs://, s3://) cannot append: there the writer keeps the file's bytes and
+  uploads the whole file again (one object, replaced whole) at most every
+  `FLUSH_SECONDS` and at each flush, as TensorFlow's own writer does on GCS;
+  a kill loses at most that much. Past `MAX_REMOTE_FILE_BYTES` it starts a
+  next file, which bounds each upload. TensorBoard reads the files in name
   order.
 - `metrics.jsonl`: one `{"step": ..., name: value, ...}` object per line,
   rewritten whole after every logged step. On resume, rows after the resumed
   step (written before a kill or a rollback) are dropped, so no step appears
-  twice, and a partial last line left by an older version is discarded.
+  twice, and a partial last line left by an older version is discarded. A
+  bad line anywhere else is a `MetricsFileError`.
 """
 import importlib
 import io
+import itertools
 import json
 import os
 import socket
@@ -30,10 +37,20 @@ from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from sgan_jax import storage
+from sgan_jax import errors, storage
 
-# Events are written out at least this often (and at every flush()).
+# On object stores, events are uploaded at least this often (and at every
+# flush()); past this size a writer starts its next file.
 FLUSH_SECONDS = 60.0
+MAX_REMOTE_FILE_BYTES = 32 << 20
+# Numbers the files of this process: two writers never share a name.
+_FILE_NUMBERS = itertools.count()
+
+
+class MetricsFileError(errors.UserError, ValueError):
+  """`metrics.jsonl` has a line that is not a JSON object, before its last
+  line (which a kill may have cut short); the message names the file and
+  the line, and says how to fix it."""
 
 
 def _clu_metric_writers():
@@ -71,20 +88,70 @@ def _png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+def _record(event: event_pb2.Event) -> bytes:
+  """`event` framed as a TFRecord (length, data, masked CRC32Cs)."""
+  buf = io.BytesIO()
+  RecordWriter(buf).write(event.SerializeToString())
+  return buf.getvalue()
+
+
+class _EventFile:
+  """One event file: appended to locally, rewritten whole on object stores."""
+
+  def __init__(self, logdir: storage.PathLike):
+    self.path = storage.path(logdir) / (
+        f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+        f"{os.getpid()}.{next(_FILE_NUMBERS):06d}")
+    self.remote = storage.is_remote(self.path)
+    self.data, self._file = bytearray(), None
+    self._uploaded, self._uploaded_bytes = time.time(), -1
+    self.write(_record(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")))
+
+  def write(self, record: bytes):
+    if self.remote:
+      self.data += record
+      if time.time() - self._uploaded > FLUSH_SECONDS:
+        self.flush()
+      return
+    if self._file is None:
+      self._file = self.path.open("ab")
+    self._file.write(record)
+    self._file.flush()
+
+  def flush(self):
+    if self.remote:
+      self._uploaded = time.time()
+      if self._uploaded_bytes != len(self.data):
+        storage.write_bytes(self.path, bytes(self.data))
+        self._uploaded_bytes = len(self.data)
+    elif self._file is not None:
+      os.fsync(self._file.fileno())
+
+  def close(self):
+    self.flush()
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
 class EventFileWriter(interface.MetricWriter):
-  """TensorBoard scalars and images, written through `sgan_jax.storage`."""
+  """TensorBoard scalars and images, written through `sgan_jax.storage` to
+  one event file (see the module docstring)."""
 
   def __init__(self, logdir: storage.PathLike):
     self._logdir = storage.makedirs(logdir)
-    self._prefix = (f"events.out.tfevents.{int(time.time()):010d}."
-                    f"{socket.gethostname()}.{os.getpid()}")
-    self._seq, self._events, self._last_flush = 0, [], time.time()
+    self._file: Optional[_EventFile] = None
 
   def _add(self, step: int, values: List[summary_pb2.Summary.Value]):
-    self._events.append(event_pb2.Event(
+    record = _record(event_pb2.Event(
         wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
-    if time.time() - self._last_flush > FLUSH_SECONDS:
-      self.flush()
+    if self._file is not None and self._file.remote and (
+        len(self._file.data) + len(record) > MAX_REMOTE_FILE_BYTES):
+      self._file.close()
+      self._file = None
+    if self._file is None:
+      self._file = _EventFile(self._logdir)
+    self._file.write(record)
 
   def write_scalars(self, step: int, scalars):
     self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
@@ -108,36 +175,42 @@ class EventFileWriter(interface.MetricWriter):
   write_histograms = write_hparams = _unsupported
 
   def flush(self):
-    """Writes the events collected since the last flush as a new file."""
-    self._last_flush = time.time()
-    if not self._events:
-      return
-    buf = io.BytesIO()
-    records = RecordWriter(buf)
-    records.write(event_pb2.Event(wall_time=time.time(),
-                                  file_version="brain.Event:2").SerializeToString())
-    for event in self._events:
-      records.write(event.SerializeToString())
-    storage.write_bytes(self._logdir / f"{self._prefix}.{self._seq:06d}", buf.getvalue())
-    self._seq, self._events = self._seq + 1, []
+    """Makes every event written so far durable (local) or uploaded (remote)."""
+    if self._file is not None:
+      self._file.flush()
 
   def close(self):
-    self.flush()
+    if self._file is not None:
+      self._file.close()
+
+
+def _jsonl_row(p, number: int, line: str) -> Dict:
+  """Line `number` of file `p` as a dict; MetricsFileError if it is not one."""
+  try:
+    row = json.loads(line)
+    why = "is not a JSON object"
+  except json.JSONDecodeError as e:
+    row, why = None, f"is not JSON ({e.msg} at column {e.colno})"
+  if not isinstance(row, dict):
+    raise MetricsFileError(f"{p} line {number} {why}: remove or fix that line (each line "
+                           f"holds one step's metrics), then run again")
+  return row
 
 
 def read_jsonl(p: storage.PathLike) -> List[Dict]:
-  """The rows of a JSON-lines file; an unparsable last line (cut short by a
-  kill) is dropped, an unparsable line elsewhere raises ValueError."""
+  """The rows of a JSON-lines file of objects. Blank lines are skipped; an
+  unparsable last line (cut short by a kill) is dropped; a bad line elsewhere
+  raises MetricsFileError naming the file and the line."""
   if not storage.exists(p):
     return []
-  lines = [l for l in storage.read_text(p).splitlines() if l.strip()]
+  lines = [(n, l) for n, l in enumerate(storage.read_text(p).splitlines(), 1) if l.strip()]
   rows = []
-  for i, line in enumerate(lines):
+  for i, (number, line) in enumerate(lines):
     try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
+      rows.append(_jsonl_row(p, number, line))
+    except MetricsFileError:
       if i < len(lines) - 1:
-        raise ValueError(f"{p}: line {i + 1} is not JSON: {e}") from e
+        raise
   return rows
 
 

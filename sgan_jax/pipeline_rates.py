@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from sgan_jax import augment, input_pipeline, sharding
+from sgan_jax import augment, dataset_builders, input_pipeline, sharding
 
 
 def loader_images_per_s(config, builder, workers: int, batches: int,
@@ -59,7 +59,7 @@ def pipeline_figures(config, batches: int, worker_counts, step_images_per_s: flo
   if not batches:
     return out
   try:
-    builder = input_pipeline.get_builder(config)
+    builder = dataset_builders.get_builder(config)
   except Exception as e:  # no data here: say so, go on with the step's figures
     return {"pipeline_note": f"not measured: {type(e).__name__}: {e}"[:300]}
   shape = input_pipeline.fixed_image_shape(builder)

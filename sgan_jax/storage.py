@@ -36,6 +36,17 @@ def makedirs(p: PathLike) -> epath.Path:
   return p
 
 
+def check_writable(p: PathLike) -> epath.Path:
+  """Creates the folder `p` if needed and writes (then removes) a small file
+  in it, so that a folder the user cannot write fails at once, with the
+  system's error, rather than after the work meant for it."""
+  p = makedirs(p)
+  probe = p / f".write-check-{os.getpid()}"
+  write_bytes(probe, b"")
+  probe.unlink()
+  return p
+
+
 def write_bytes(p: PathLike, data: bytes) -> None:
   """Writes `data` to `p` whole (see the module docstring)."""
   p = path(p)
@@ -43,11 +54,16 @@ def write_bytes(p: PathLike, data: bytes) -> None:
     p.write_bytes(data)
     return
   tmp = p.parent / f".{p.name}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, p)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, p)
+  except BaseException:
+    # A full disk, a kill's KeyboardInterrupt, ...: no stray temporary file.
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def write_text(p: PathLike, text: str) -> None:

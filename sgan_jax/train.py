@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sgan_jax import (checkpointing, config_lib, evaluation, guards,
-                      input_pipeline, metric_io, samples, sharding, storage, utils)
+from sgan_jax import (checkpointing, config_lib, dataset_builders, errors, evaluation,
+                      fid, guards,
+                      input_pipeline, metric_io, processes, progress, samples, sharding,
+                      storage, utils)
 from sgan_jax.state import TrainState, abstract_train_state, create_train_state
 from sgan_jax.step import make_train_step
 
@@ -51,21 +53,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   `guards`). Returns the final state; raises `guards.StopRequested` when a
   stop comes before the first step (nothing new to save).
   """
+  progress.show_info_logs()
   mesh = sharding.make_mesh()
   config_lib.validate(config, jax.process_count(), jax.device_count())
   with guards.StopSignals() as stop:
-    builder = input_pipeline.get_builder(config)   # fails fast if unavailable
-    on_device = input_pipeline.augments_on_device(config, builder)   # ... or unsuited
-    logging.info("Augmenting on the %s; %d loader worker processes",
-                 "device" if on_device else "host", input_pipeline.worker_count(config))
-    stop.raise_if_requested("while preparing the dataset")
-    storage.makedirs(workdir)
-    input_pipeline.check_classes(config, builder, workdir,
-                                 write=jax.process_index() == 0)
-    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-    if jax.process_index() == 0:
-      config_lib.write_run_config(config, workdir, ckpt.latest_step() or 0)
-    logger = metric_io.MetricsLogger(workdir)
+    with errors.startup_io("cannot set up the run"):
+      storage.makedirs(workdir)
+      builder = dataset_builders.get_builder(config)   # fails fast if unavailable
+      on_device = input_pipeline.augments_on_device(config, builder)   # ... or unsuited
+      logging.info("Augmenting on the %s; %d loader worker processes",
+                   "device" if on_device else "host", input_pipeline.worker_count(config))
+      stop.raise_if_requested("while preparing the dataset")
+      processes.check_same_storage(workdir, dataset_builders.dataset_identity(builder))
+      dataset_builders.check_classes(config, builder, workdir,
+                                   write=jax.process_index() == 0)
+      fid.check_weights(config)
+      ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+      if jax.process_index() == 0:
+        _keep_config(config, workdir, ckpt.latest_step())
+      logger = metric_io.MetricsLogger(workdir)
     trainer = _Trainer(config, workdir, mesh, builder, ckpt, logger, stop)
     try:
       state = _train_with_rollbacks(config, mesh, trainer)
@@ -81,6 +87,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ckpt.close()
     logger.close()
   return state
+
+
+def _keep_config(config, workdir, latest_step):
+  """Writes this start's config; a resume with changed settings says which."""
+  changes = config_lib.changes_since_last_start(config, workdir) if latest_step else []
+  path = config_lib.write_run_config(config, workdir, latest_step or 0)
+  if changes:
+    logging.warning("Resuming at step %d with %d setting(s) changed since the last "
+                    "start (kept in %s): %s", latest_step, len(changes), path.name,
+                    "; ".join(changes))
 
 
 def _train_with_rollbacks(config, mesh, trainer) -> TrainState:

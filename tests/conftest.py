@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking as tfds_mocking
 from tensorflow_datasets.testing import test_utils as tfds_test_utils
 
-from sgan_jax import benchmark, config_lib, input_pipeline
+from sgan_jax import benchmark, config_lib, dataset_builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -113,7 +113,7 @@ def _mock_getitems(*args, generator, serialized=False):
 def mock_tfds(monkeypatch):
   """`with mock_tfds(num_examples=N):` TFDS serves N random examples per
   split of any dataset; its (mocked) download needs no network."""
-  monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
+  monkeypatch.setattr(dataset_builders, "_can_download", lambda: True)
   monkeypatch.setattr(tfds_test_utils, "MockFs", _RealDataDir)
   monkeypatch.setattr(tfds_mocking, "_getitems", _mock_getitems)
 

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from sgan_jax import augment, config_lib, host_images, image_ops, input_pipeline, sharding
+from sgan_jax import (augment, config_lib, dataset_builders, host_images, image_ops,
+                      input_pipeline, sharding)
 
 # float32 sums of <= 12 weighted pixels on the 0-255 scale: measured 5e-5;
 # 1e-3 leaves room for another summation order, and is 1/4000 of a grey level.
@@ -142,7 +143,7 @@ def test_where_augmentation_runs(tiny_config):
 @pytest.mark.parametrize("augment_on", ["device", "host"])
 def test_augmented_batches_resume_exactly_from_the_loader_state(tiny_digits, augment_on):
   config = tiny_digits(augment_on=augment_on)
-  builder, mesh = input_pipeline.get_builder(config), sharding.make_mesh()
+  builder, mesh = dataset_builders.get_builder(config), sharding.make_mesh()
   batches = input_pipeline.TrainBatches(config, builder, mesh)
   full, states = [], []
   for _ in range(5):

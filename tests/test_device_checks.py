@@ -9,6 +9,7 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -45,7 +46,8 @@ def test_the_device_script_rehearses_on_the_cpu_without_tensorflow(tmp_path, roo
   version = ".".join(platform.python_version_tuple()[:2])
   subprocess.run(["bash", ".ci/device_bundle", "--synthetic", f"--python_version={version}"]
                  + ([f"--official_dir={official}"] if official else []),
-                 cwd=root, check=True, timeout=600, env=dict(os.environ, BUNDLE_DIR=bundle))
+                 cwd=root, check=True, timeout=600,
+                 env=dict(os.environ, BUNDLE_DIR=bundle, PYTHON=sys.executable))
   env = dict(os.environ, PYTHON=python, OUT=out, BUNDLE_DIR=bundle,
              DEVICE_SITE=str(tmp_path / "site"))
   run = subprocess.run(["bash", ".ci/device_checks", "rehearse"], cwd=root, env=env,

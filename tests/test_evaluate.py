@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import digits_as_images
-from sgan_jax import config_lib, evaluation, input_pipeline, sharding, train
+from sgan_jax import config_lib, dataset_builders, evaluation, sharding, train
 from sgan_jax.evaluators import kmeans, knn, linear_models, linear_probe, svm
 from sgan_jax.state import create_train_state
 
@@ -161,7 +161,7 @@ def test_feature_extraction_padding_does_not_change_results(mock_tfds, tiny_conf
   state = create_train_state(config, jax.random.PRNGKey(0))
   mesh = sharding.make_mesh()
   with mock_tfds(num_examples=21):
-    builder = input_pipeline.get_builder(config)
+    builder = dataset_builders.get_builder(config)
     got = []
     for bs in (7, 8, 21, 32):   # divides, does not divide, whole, larger
       config.eval.batch_size = bs
@@ -279,3 +279,28 @@ def test_the_table_shows_g_and_fid_columns_only_when_measured():
   table = evaluation.format_table(results)
   assert "inception_score" in table and "33.0000" in table
   assert "classifier_fd" not in evaluation.format_table({"d/embedding/knn/top1": 0.1})
+
+
+def _unwritable_folder(tmp_path):
+  """A folder this process cannot write into: read-only by mode, or, for
+  root (whom modes do not stop), a path on the read-only /sys."""
+  if os.geteuid() != 0:
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return str(folder)
+  return "/sys/sgan_jax_evaluation_output"
+
+
+def test_evaluate_cli_refuses_an_unwritable_output_dir_before_computing(tmp_path, root):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config_lib.load_config("tiny").to_json())
+  out_dir = _unwritable_folder(tmp_path)
+  out = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate", f"--workdir={workdir}",
+                        f"--output_dir={out_dir}", "--compilation_cache_dir="],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert len(errors) == 1 and "cannot set up the evaluation" in errors[0], out.stderr
+  assert out_dir in errors[0] and "Traceback" not in out.stderr

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from sgan_jax import checkpointing, host_images, input_pipeline, sharding
+from sgan_jax import checkpointing, dataset_builders, host_images, input_pipeline, sharding
 
 
 def _tagged_records(n, size=8):
@@ -30,7 +30,7 @@ def _ids(batch):
 
 
 def test_project_datasets_are_written_as_array_record(tiny_digits):
-  builder = input_pipeline.get_builder(tiny_digits())
+  builder = dataset_builders.get_builder(tiny_digits())
   assert builder.info.file_format.value == "array_record"
   files = glob.glob(os.path.join(builder.data_dir, "*.array_record*"))
   assert any("train" in f for f in files) and any("test" in f for f in files)
@@ -127,35 +127,35 @@ def test_a_checkpoint_without_loader_state_restores_none(tmp_path, tiny_digits):
 
 def test_preparing_a_catalog_dataset_without_tensorflow_says_how(monkeypatch, tiny_config,
                                                                  tmp_path):
-  monkeypatch.setattr(input_pipeline, "_can_download", lambda: True)
-  real = input_pipeline.importlib.util.find_spec
-  monkeypatch.setattr(input_pipeline.importlib.util, "find_spec",
+  monkeypatch.setattr(dataset_builders, "_can_download", lambda: True)
+  real = dataset_builders.importlib.util.find_spec
+  monkeypatch.setattr(dataset_builders.importlib.util, "find_spec",
                       lambda name, *a: None if name == "tensorflow" else real(name, *a))
-  with pytest.raises(input_pipeline.DatasetUnavailableError) as err:
-    input_pipeline.get_builder(tiny_config(dataset="cifar10", data_dir=str(tmp_path)))
+  with pytest.raises(dataset_builders.DatasetUnavailableError) as err:
+    dataset_builders.get_builder(tiny_config(dataset="cifar10", data_dir=str(tmp_path)))
   message = str(err.value)
   assert "needs TensorFlow once" in message and "sgan_jax[tf]" in message
   assert "--file_format=array_record" in message and "\n" not in message
 
 
 def test_a_prepared_dataset_folder_is_read_without_its_builder(tiny_digits, tiny_config):
-  built = input_pipeline.get_builder(tiny_digits())
+  built = dataset_builders.get_builder(tiny_digits())
   config = tiny_config(dataset="prepared", data_dir=str(built.data_dir))
-  copy = input_pipeline.get_builder(config)
-  assert input_pipeline.class_names(config, copy) == [str(i) for i in range(10)]
+  copy = dataset_builders.get_builder(config)
+  assert dataset_builders.class_names(config, copy) == [str(i) for i in range(10)]
   a = input_pipeline.records(config, copy, "test")
   b = input_pipeline.records(tiny_digits(), built, "test")
   assert len(a) == len(b) == 297
   np.testing.assert_array_equal(a[5]["image"], b[5]["image"])
   with pytest.raises(input_pipeline.config_lib.ConfigError, match="has no dataset_info.json"):
-    input_pipeline.get_builder(tiny_config(dataset="prepared", data_dir=os.path.dirname(str(built.data_dir))))
+    dataset_builders.get_builder(tiny_config(dataset="prepared", data_dir=os.path.dirname(str(built.data_dir))))
 
 
 def test_a_class_subset_keeps_and_renumbers_its_classes(tiny_digits):
-  everything = input_pipeline.records(tiny_digits(), input_pipeline.get_builder(tiny_digits()),
+  everything = input_pipeline.records(tiny_digits(), dataset_builders.get_builder(tiny_digits()),
                                       "test")
   config = tiny_digits(class_subset="7,3,9", num_classes=3)
-  subset = input_pipeline.records(config, input_pipeline.get_builder(config), "test")
+  subset = input_pipeline.records(config, dataset_builders.get_builder(config), "test")
   original = [int(everything[i]["label"]) for i in range(len(everything))]
   kept = [i for i, label in enumerate(original) if label in (7, 3, 9)]
   assert len(subset) == len(kept) > 0

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from sgan_jax import checkpointing, config_lib, input_pipeline, train
+from sgan_jax import checkpointing, config_lib, dataset_builders, train
 from sgan_jax.state import create_train_state
 
 
@@ -95,10 +95,10 @@ def test_digits_main_cli_few_steps(tmp_path, root, config_path):
 
 def test_missing_dataset_fails_at_once_with_instructions(tmp_path, monkeypatch,
                                                         tiny_config):
-  monkeypatch.setattr(input_pipeline, "_can_download", lambda: False)
+  monkeypatch.setattr(dataset_builders, "_can_download", lambda: False)
   data_dir = str(tmp_path / "empty")
   config = tiny_config(dataset="cifar100", num_classes=100, data_dir=data_dir)
-  with pytest.raises(input_pipeline.DatasetUnavailableError) as err:
+  with pytest.raises(dataset_builders.DatasetUnavailableError) as err:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   msg = str(err.value)
   assert "'cifar100'" in msg and data_dir in msg and "tfds build cifar100" in msg
@@ -114,7 +114,7 @@ def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, mes
   def no_compile(*args, **kwargs):
     raise AssertionError("compiled before validating")
   monkeypatch.setattr(train, "create_train_state", no_compile)
-  monkeypatch.setattr(input_pipeline, "get_builder", no_compile)
+  monkeypatch.setattr(dataset_builders, "get_builder", no_compile)
   with pytest.raises(config_lib.ConfigError, match=message):
     train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
   assert not os.listdir(tmp_path)
@@ -153,3 +153,19 @@ def test_all_configs_validate(root):
   assert set(shipped) == in_repo - {"__init__"} and "digits" in shipped
   for name in shipped:
     config_lib.validate(config_lib.load_config(name))
+
+
+def test_a_workdir_that_cannot_be_created_is_a_user_error(tmp_path, root):
+  """An I/O error at start-up is the user's to fix: one line naming the path,
+  exit 2 (3 is for a run that started and stopped). `--config NAME` with a
+  space is read like `--config=NAME`."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  out = subprocess.run([sys.executable, "-m", "sgan_jax.main", "--config", "digits",
+                        f"--workdir={blocker / 'run'}", "--compilation_cache_dir="],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert len(errors) == 1 and "cannot set up the run" in errors[0], out.stderr[-2000:]
+  assert str(blocker) in errors[0]
+  assert "Traceback" not in out.stderr

@@ -39,6 +39,8 @@ def test_colab_then_explore_notebooks(tmp_path, root):
                     "eval.knn_k": 20}}, str(tmp_path))
   text = outputs_text(colab)
   assert "finished at step 4" in text
+  # Progress shows in the notebook (no app.run there to set absl's verbosity).
+  assert "step 2/4 (50%)" in text and "Evaluation at step 4" in text, text[-3000:]
   assert f"compilation cache {tmp_path / 'xla'}: 0 program(s) loaded" in text
   assert "raw_pixels" in text and "d_ema" in text   # the evaluation table
   assert images_shown(colab) >= 2                   # samples and losses

@@ -160,3 +160,66 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, r
   resumed, uninterrupted = _restore(stopped, config), _restore(straight, config)
   assert int(resumed.step) == int(uninterrupted.step) == final
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+
+
+# ------------------------------------------------------ storage all hosts share
+
+def _pair_until_exit(root, tmp_path, workdirs, data_flags, env=None):
+  """Two training processes of one run; returns (return codes, outputs)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+  env.pop("XLA_FLAGS", None)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "sgan_jax.main", "--config=tiny", f"--workdir={workdirs[i]}",
+       *data_flags[i], f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}"],
+      env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:   # before the check existed, such a pair hung until killed here
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return [p.returncode for p in procs], outs
+
+
+def _error_lines(out):
+  return [l for l in out.splitlines() if l.startswith("error:")]
+
+
+def test_two_processes_that_see_different_workdirs_both_stop_in_one_line(tmp_path, root):
+  """Each process is given its own workdir (as on hosts whose local disks
+  differ): both stop before training, exit 2, and process 1 says why. The
+  data is an image folder: process 0 lists and prepares it, process 1 opens
+  the copy process 0 names."""
+  from test_image_folder import make_folder
+  data = make_folder(tmp_path / "images")
+  folder = ["--config.dataset=image_folder", f"--config.data_dir={data}",
+            "--config.num_classes=3"]
+  codes, outs = _pair_until_exit(root, tmp_path, [tmp_path / f"host{i}" / "run" for i in (0, 1)],
+                                 [folder, folder], env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+  assert codes == [2, 2], [o[-3000:] for o in outs]
+  assert _error_lines(outs[1]) == [
+      f"error: process 1 does not see the workdir that process 0 writes "
+      f"({tmp_path / 'host1' / 'run' / '.process_0_marker.json'} is missing there): every "
+      f"process needs the same workdir, on storage all hosts share (a network file "
+      f"system or gs://)"], outs[1][-3000:]
+  (error,) = _error_lines(outs[0])
+  assert "process(es) [1] failed the check that all processes share" in error
+  assert "Traceback" not in outs[0] + outs[1]
+  assert not os.path.exists(tmp_path / "host0" / "run" / "checkpoints")
+  # Only process 0 listed the folder (its log names what it skipped there).
+  assert "notes.txt" not in outs[1] and ".txt: 6" in outs[0]
+
+
+def test_two_processes_that_see_different_data_both_stop_in_one_line(tmp_path, root):
+  digits = [["--config.dataset=sklearn_digits", f"--config.data_dir={tmp_path / f'tfds{i}'}"]
+            for i in (0, 1)]
+  codes, outs = _pair_until_exit(root, tmp_path, [tmp_path / "run"] * 2, digits)
+  assert codes == [2, 2], [o[-3000:] for o in outs]
+  (error,) = _error_lines(outs[1])
+  assert error.startswith("error: process 1 sees the dataset as 'sklearn_digits/2.0.0 in "
+                          f"{tmp_path / 'tfds1'}")
+  assert f"process 0 as 'sklearn_digits/2.0.0 in {tmp_path / 'tfds0'}" in error
+  assert "every process needs the same data" in error

@@ -32,6 +32,8 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
+from sgan_jax import progress
+
 
 def softmax_loss(logits, labels, num_classes):
   """Per-row multinomial logistic loss."""
@@ -107,8 +109,15 @@ def _accuracy(params, x, y) -> float:
                        == np.asarray(y)))
 
 
+def _progress(loss: str, dim: int, fits: int) -> progress.Progress:
+  """Fits of one evaluator, reported (count, rate, ETA) once they take more
+  than a few seconds: on raw pixels a fit can take minutes."""
+  return progress.Progress(f"    {loss} fits on {dim}-d features", fits, "fits", every=0.0)
+
+
 def choose_c(x, y, num_classes: int, loss: str, c_grid: Sequence[float],
-             val_fraction: float, max_iters: int, tol: float, seed: int = 0):
+             val_fraction: float, max_iters: int, tol: float, seed: int = 0,
+             report: Optional[progress.Progress] = None):
   """The C of `c_grid` with the best accuracy on a held-out `val_fraction`
   of (x, y) (ties: the smaller C), fitting on the rest. Returns
   `(c, {c: validation accuracy})`."""
@@ -119,11 +128,13 @@ def choose_c(x, y, num_classes: int, loss: str, c_grid: Sequence[float],
   rows[val] = 0.0
   xs = _standardiser(x[rows == 1])(x)
   params, scores = zeros(x.shape[1], num_classes), {}
+  report = report or _progress(loss, x.shape[1], len(c_grid))
   for c in sorted(c_grid):
     # Strong to weak regularisation, each warm-started from the last.
     params, _ = fit(xs, jnp.asarray(y, jnp.int32), jnp.asarray(rows), float(c), params,
                     loss=loss, num_classes=num_classes, max_iters=max_iters, tol=tol)
     scores[float(c)] = _accuracy(params, xs[val], y[val])
+    report.update()
   best = max(scores.values())
   return min(c for c, s in scores.items() if s == best), scores
 
@@ -134,14 +145,16 @@ def fit_predict(train_x, train_y, test_x, num_classes: int, loss: str,
   returns `(test predictions, C used)`."""
   train_x, train_y = np.asarray(train_x, np.float32), np.asarray(train_y)
   solver = dict(max_iters=config.lbfgs_max_iters, tol=config.lbfgs_tol)
+  report = _progress(loss, train_x.shape[1], 1 + (len(config.c_grid) if c is None else 0))
   if c is None:
     c, _ = choose_c(train_x, train_y, num_classes, loss, config.c_grid,
-                    config.val_fraction, **solver)
+                    config.val_fraction, report=report, **solver)
   standardise = _standardiser(train_x)
   params, _ = fit(standardise(train_x), jnp.asarray(train_y, jnp.int32),
                   jnp.ones(len(train_y), jnp.float32), float(c),
                   zeros(train_x.shape[1], num_classes), loss=loss,
                   num_classes=num_classes, **solver)
+  report.update()
   logits = np.asarray(standardise(test_x) @ params["w"] + params["b"])
   return np.argmax(logits, axis=-1), float(c)
 
