@@ -396,7 +396,7 @@ def test_the_parallel_remote_listing_gives_the_same_dataset(tmp_path, tfds_dir, 
   root = make_folder(tmp_path / "d")
   _write(os.path.join(root, "train", "cat", "._x.png"))
   local = image_folder.ImageFolderBuilder(root, ("train", "test"))
-  monkeypatch.setattr(image_folder, "_is_local", lambda path: False)   # as for gs://
+  monkeypatch.setattr(image_folder.storage, "is_remote", lambda path: True)   # as for gs://
   calls = _count_stats(monkeypatch)
   remote = image_folder.ImageFolderBuilder(root, ("train", "test"))
   images = {str(p) for split in remote._listing.values() for p, _ in split}

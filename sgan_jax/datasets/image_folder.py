@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from sgan_jax import storage
 from sgan_jax.errors import ConfigError
 
 NAME = "image_folder"
@@ -94,10 +95,6 @@ class _Entry(NamedTuple):
   stat: Optional[Tuple[int, int]]
 
 
-def _is_local(path) -> bool:
-  return "://" not in os.fspath(path)
-
-
 def _is_image_name(name: str) -> bool:
   return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
@@ -130,7 +127,7 @@ def _remote_entry(path: epath.Path) -> _Entry:
 def _list_folders(folders: Sequence[epath.Path]) -> List[List[_Entry]]:
   """The entries of each folder. Local folders: one os.scandir each. Others
   (gs://...): all listed, then all entries checked, in parallel threads."""
-  if not folders or _is_local(folders[0]):
+  if not folders or not storage.is_remote(folders[0]):
     return [_local_entries(f) for f in folders]
   with concurrent.futures.ThreadPoolExecutor(LIST_THREADS) as pool:
     listed = list(pool.map(lambda f: list(f.iterdir()), folders))
