@@ -1,13 +1,9 @@
-"""An ImageNet subset at 64x64, with both networks grown one stage
-(docs/method.md §2.3).
+"""A quick start on ImageNet images at 64x64, with both networks grown one
+stage (docs/method.md §2.3): imagenette (10 ImageNet classes fast.ai chose),
+which TFDS downloads by itself (~100 MB).
 
-Default: imagenette (10 ImageNet classes), which TFDS downloads by itself.
-For a class-list subset of ImageNet (e.g. ImageNet-100), prepare
-`imagenet2012` in a TFDS data_dir (TFDS needs the archives in
-DATA_DIR/downloads/manual) and run with
-  --config.dataset=imagenet2012 --config.data_dir=DATA_DIR
-  --config.class_subset=path/to/ids.txt --config.num_classes=100
-where ids.txt lists the kept label ids (0-999), comma- or newline-separated.
+The paper's subsets are `configs/imagenet10.py` and `configs/imagenet100.py`
+(from an ImageNet folder or TFDS imagenet2012).
 """
 from sgan_jax import config_lib
 

@@ -17,7 +17,8 @@ from sgan_jax.errors import ConfigError
 
 # Integer fields and their least value; every other integer field is a count
 # (at least 1), except `seed` (below).
-_INT_MINIMUM = {"nonfinite_rollbacks": 0, "data_workers": -1, "num_classes": 2}
+_INT_MINIMUM = {"nonfinite_rollbacks": 0, "data_workers": -1, "num_classes": 2,
+                "prepare_size": -1}
 _SEED_LIMIT = 2 ** 32
 # Float fields that may be zero (every other float must be positive).
 _NON_NEGATIVE = ("optim.d_weight_decay",)

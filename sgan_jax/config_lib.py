@@ -14,7 +14,7 @@ import re
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sgan_jax import config_fields, evaluators, storage
+from sgan_jax import class_subsets, config_fields, evaluators, storage
 from sgan_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError)
 
 from sgan_jax.models import discriminator, generator, layers
@@ -27,8 +27,9 @@ def reference_config() -> ml_collections.ConfigDict:
   c.data_dir = ""                # TFDS data_dir ("" means TFDS's default); for image_folder the folder; for prepared the dataset's folder
   c.train_split = "train"        # TFDS split to train on
   c.test_split = "test"          # TFDS split to evaluate on
-  c.class_subset = ""            # keep only these label ids: "3,7,9" or a file of ids; "" keeps all
+  c.class_subset = ""            # keep these classes, in this order: names or label ids ("n01530575,n01531178", "3,7,9"), a file of them, or a packaged list ("imagenet10", "imagenet100"); "" keeps all
   c.max_image_pixels = 89_478_485  # image_folder: a larger image (a decompression bomb?) is a bad file; PIL's limit
+  c.prepare_size = -1            # image_folder: the prepared copy's images have at most this short side (larger ones are resized down); -1: 2 x image_size; 0: kept at their size
   c.image_size = 32              # square input/output resolution: 16, 32, 64 or 128
   c.num_classes = 10             # classes of the online probe and evaluation
   c.global_batch_size = 512      # images per step over all devices and hosts
@@ -133,9 +134,12 @@ def load_config(path_or_name: str) -> ml_collections.ConfigDict:
 # ------------------------------------------------------ configs of a workdir
 
 FIRST_CONFIG = "config.json"
-# Fields added after runs were made that do not change what a run computes;
-# a workdir's config without them takes today's default.
-_ADDED_SINCE = ("augment_on", "data_workers", "max_image_pixels")
+# Fields added after runs were made: a workdir's config without one takes
+# the value that reproduces what those runs computed (today's default where
+# the field changes nothing they computed).
+_ADDED_SINCE = {"augment_on": "auto", "data_workers": -1,
+                "max_image_pixels": 89_478_485,
+                "prepare_size": 0}   # image folders were stored at full size
 _RESUME_CONFIG = re.compile(r"config_resume_(\d+)\.json")
 
 
@@ -194,9 +198,9 @@ def read_run_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
   except (ValueError, TypeError) as e:   # JSONDecodeError is a ValueError
     raise ConfigError(f"{p} is not a valid config ({type(e).__name__}: {e}); "
                       f"restore it, or evaluate with another workdir") from None
-  for key in _ADDED_SINCE:   # where runs started before a field existed
+  for key, value in _ADDED_SINCE.items():   # runs started before a field existed
     if key not in config:
-      config[key] = reference_config()[key]
+      config[key] = value
   try:
     validate(config)
   except ConfigError as e:
@@ -258,10 +262,15 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   if config.model.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype must be 'float32' or 'bfloat16', "
                       f"got {config.model.compute_dtype!r}")
-  subset = class_subset_ids(config)
+  subset = class_subsets.tokens(config.class_subset)
   if subset is not None and len(subset) != config.num_classes:
-    raise ConfigError(f"class_subset keeps {len(subset)} classes but "
-                      f"num_classes is {config.num_classes}")
+    raise ConfigError(f"class_subset keeps {len(subset)} classes but num_classes is "
+                      f"{config.num_classes}; pass --config.num_classes={len(subset)}")
+  if 0 < config.prepare_size < config.image_size:
+    raise ConfigError(f"prepare_size {config.prepare_size} is below image_size "
+                      f"{config.image_size}: training would enlarge every image; pass "
+                      f"at least --config.prepare_size={config.image_size}, or 0 to "
+                      f"keep the images at their size")
 
 
 def _check_data(config) -> None:
@@ -285,23 +294,3 @@ def _check_eval(e, num_devices: int) -> None:
   if not e.evaluators or unknown or len(set(e.evaluators)) != len(e.evaluators):
     raise ConfigError(f"eval.evaluators must name distinct evaluators among "
                       f"{', '.join(evaluators.NAMES)}, got {tuple(e.evaluators)}")
-
-
-def class_subset_ids(config):
-  """Label ids kept by `config.class_subset` (comma-separated, or a file of
-  ids separated by commas or newlines), or None to keep every class."""
-  spec = config.class_subset
-  if not spec:
-    return None
-  if os.path.isfile(spec):
-    with open(spec) as f:
-      spec = f.read()
-  try:
-    ids = tuple(int(t) for t in spec.replace("\n", ",").split(",") if t.strip())
-  except ValueError:
-    raise ConfigError(f"class_subset must list integer label ids, got "
-                      f"{config.class_subset!r}") from None
-  if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
-    raise ConfigError(f"class_subset needs distinct non-negative ids, got "
-                      f"{config.class_subset!r}")
-  return ids

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sgan_jax import config_lib, errors, processes, storage
+from sgan_jax import class_subsets, config_lib, errors, processes, storage
 from sgan_jax import datasets  # importing it registers the project datasets with TFDS
 
 # A prepared TFDS dataset read from its folder (copied from another machine):
@@ -53,7 +53,8 @@ def _builder(config) -> tfds.core.DatasetBuilder:
   if config.dataset == datasets.image_folder.NAME:
     return _with_num_classes(datasets.ImageFolderBuilder(
         config.data_dir, (config.train_split, config.test_split),
-        max_pixels=config.max_image_pixels), config)
+        max_pixels=config.max_image_pixels, classes=_folder_subset(config),
+        short_side=prepare_short_side(config)), config)
   try:
     return tfds.builder(config.dataset, data_dir=config.data_dir or None,
                         file_format=FILE_FORMAT)
@@ -64,10 +65,38 @@ def _builder(config) -> tfds.core.DatasetBuilder:
         f"`tfds.list_builders()` lists TFDS's") from None
 
 
+def prepare_short_side(config) -> int:
+  """The short side of an image folder's prepared images (`prepare_size`;
+  0 keeps them at their size)."""
+  return 2 * config.image_size if config.prepare_size == -1 else config.prepare_size
+
+
+def _folder_subset(config):
+  """The class folders an image folder's `class_subset` keeps, in its order
+  (None: all). The folder applies the subset when it is prepared: only these
+  classes are listed and copied, labelled in this order."""
+  if not config.class_subset:
+    return None
+  names = datasets.folder_listing.class_folders(config.data_dir, config.train_split)
+  ids = class_subsets.resolve(config.class_subset, names,
+                              f"image folder {config.data_dir}/{config.train_split}")
+  return [names[i] for i in ids]
+
+
+def subset_ids(config, builder):
+  """The label ids (of `builder`'s labels) that `class_subset` keeps, in its
+  order; None where every class is kept, or where the dataset applied the
+  subset itself (an image folder, when it was prepared)."""
+  if config.dataset == datasets.image_folder.NAME:
+    return None
+  return class_subsets.resolve(config.class_subset, builder.info.features["label"].names,
+                               f"dataset '{config.dataset}'")
+
+
 def _with_num_classes(builder, config):
   """`builder` if its class count is `num_classes` (or a subset is chosen)."""
   found = builder.info.features["label"].num_classes
-  if config_lib.class_subset_ids(config) is None and found != config.num_classes:
+  if subset_ids(config, builder) is None and found != config.num_classes:
     what = (f"image folder {config.data_dir}" if config.dataset == datasets.image_folder.NAME
             else f"dataset '{config.dataset}' ({config.data_dir})")
     raise config_lib.ConfigError(
@@ -176,8 +205,9 @@ def dataset_identity(builder) -> str:
 
 
 def _readable(builder, config):
-  """`builder` if its prepared files are ArrayRecord; else a one-line error
-  saying how to prepare them so."""
+  """`builder` if its prepared files are ArrayRecord and it has the classes
+  `class_subset` names; else a one-line error saying what to change."""
+  subset_ids(config, builder)
   fmt = builder.info.file_format
   fmt = getattr(fmt, "value", fmt)
   if fmt not in (None, FILE_FORMAT):
@@ -193,14 +223,8 @@ def _readable(builder, config):
 def class_names(config, builder) -> list:
   """The run's class names in label order (after `class_subset`)."""
   names = builder.info.features["label"].names
-  subset = config_lib.class_subset_ids(config)
-  if subset is not None:
-    if max(subset) >= len(names):
-      raise config_lib.ConfigError(
-          f"class_subset id {max(subset)} does not exist: dataset "
-          f"'{config.dataset}' has {len(names)} classes")
-    names = [names[i] for i in subset]
-  return list(names)
+  subset = subset_ids(config, builder)
+  return list(names) if subset is None else [names[i] for i in subset]
 
 
 def check_classes(config, builder, workdir, write: bool) -> None:

@@ -28,6 +28,32 @@ from sgan_jax.state import (StepSpec, abstract_train_state, init_discriminator,
 
 MODELS = ("d_ema", "d", "random_init", "raw_pixels")
 PIXEL_EVALUATORS = ("knn", "linear", "svm")
+# The raw-pixel baseline sees the test view area-averaged to at most this
+# side (3,072 values at 32x32): at 64x64 and 126,689 ImageNet-100 images the
+# full-size rows alone would take 6.2 GB in float32.
+PIXEL_SIDE = 32
+
+
+def _as_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] images as uint8 rows [N, H*W*3] (a quarter of float32's bytes;
+  the rounding is below what an 8-bit image holds anyway)."""
+  return np.round((images + 1.0) * 127.5).clip(0, 255).astype(np.uint8).reshape(
+      images.shape[0], -1)
+
+
+def images_of(pixels: np.ndarray, size: int) -> np.ndarray:
+  """`extract_features`' uint8 rows as float32 images [N, size, size, 3] in [-1, 1]."""
+  return pixels.reshape(-1, size, size, 3).astype(np.float32) / 127.5 - 1.0
+
+
+def baseline_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
+  """The raw-pixel baseline's features: the images, each block of f x f
+  pixels averaged (f = size / PIXEL_SIDE, if above 1), as float32 rows in
+  [-1, 1]."""
+  f = max(1, size // PIXEL_SIDE)
+  side = size // f
+  blocks = pixels.reshape(-1, side, f, side, f, 3).astype(np.float32)
+  return (blocks.mean(axis=(2, 4)) / 127.5 - 1.0).reshape(len(pixels), -1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -52,8 +78,8 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh,
                      check_stop: Callable[[], None] = _keep_going):
   """Features of every image of `split`, for each model in `named_params`.
 
-  Returns `(labels [N], pixels [N, H*W*3], {model: {"backbone", "embedding",
-  "probe_pred"}})`. Batches are padded to a fixed size and the padding rows
+  Returns `(labels [N], pixels [N, H*W*3] (uint8, the test view; see
+  `images_of`), {model: {"backbone", "embedding", "probe_pred"}})`. Batches are padded to a fixed size and the padding rows
   are dropped by their mask, so no image is ever skipped. `check_stop()` runs
   before every batch (it raises to abandon the extraction).
   """
@@ -69,7 +95,7 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh,
     images = sharding.to_global(sharding.process_rows(
         {"image": full["image"]}, bs), mesh)["image"]
     labels.append(full["label"][mask])
-    pixels.append(full["image"][mask].reshape(int(mask.sum()), -1))
+    pixels.append(_as_uint8(full["image"][mask]))
     for model, params in named_params.items():
       outs = [sharding.to_host(o)[mask] for o in _d_features(spec, params, images)]
       for name, value in zip(("backbone", "embedding", "probe_pred"), outs):
@@ -95,7 +121,8 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
     if include is not None and model not in include:
       continue
     if model == "raw_pixels":
-      sets = {"pixels": (pixels_train, pixels_test)}
+      sets = {"pixels": (baseline_pixels(pixels_train, config.image_size),
+                         baseline_pixels(pixels_test, config.image_size))}
       names = [n for n in PIXEL_EVALUATORS if n in config.eval.evaluators]
     else:
       sets = {f: (feats_train[model][f], feats_test[model][f])
@@ -188,7 +215,7 @@ class TrainingEvaluator:
     classifier's, real images', random-init G's), kept for later calls."""
     (y_train, pixels_train, _), (y_test, pixels_test, _) = splits
     c, spec = self.config, state.spec
-    shape = (-1, c.image_size, c.image_size, 3)
+    images = functools.partial(images_of, size=c.image_size)
     sample = functools.partial(generator_eval.generate_images, spec,
                                num=len(y_test), batch=c.global_batch_size, seed=c.seed)
     if self._classifier is None:
@@ -196,16 +223,16 @@ class TrainingEvaluator:
       logging.info("  training the classifier of G's metrics (%d epochs)",
                    c.eval.classifier_epochs)
       self._classifier = generator_eval.ClassifierMetrics(c)
-      base = self._classifier.fit(pixels_train.reshape(shape), y_train,
-                                  pixels_test.reshape(shape), y_test)
+      base = self._classifier.fit(images(pixels_train), y_train,
+                                  images(pixels_test), y_test)
       key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x6A)
       random_g = jax.jit(init_generator, static_argnums=0)(spec, key)   # eager: ~17 s
       base.update(self._classifier.score("random_init", sample(*random_g)))
       self._inception = fid.InceptionMetrics.create(c, self.workdir)
       if self._inception is not None:
         self.check_stop()
-        self._inception.fit(lambda: pixels_train.reshape(shape))
-        base.update(self._inception.score("real_test", pixels_test.reshape(shape)))
+        self._inception.fit(lambda: images(pixels_train))
+        base.update(self._inception.score("real_test", images(pixels_test)))
         base.update(self._inception.score(
             "random_init", sample(*random_g, num=c.eval.fid_num_samples)))
       self._gen_baseline = base

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sgan_jax import augment as device_augment
-from sgan_jax import config_lib, datasets, host_images, sharding
+from sgan_jax import config_lib, dataset_builders, datasets, host_images, sharding
 
 _MAX_WORKERS = 16
 
@@ -66,7 +66,7 @@ def records(config, builder, split: str) -> host_images.Records:
     # scan the folder again: they get a reader of the prepared copy instead.
     builder = tfds.builder_from_directory(builder.data_dir)
   source = builder.as_data_source(split)
-  subset = config_lib.class_subset_ids(config)
+  subset = dataset_builders.subset_ids(config, builder)
   if subset is None:
     return host_images.Records(source)
   label_map = np.full(max(subset) + 1, -1, np.int64)

@@ -36,6 +36,7 @@ _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
            "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
            "BoolStorage": np.bool_}
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_PICKLE_PROTO = b"\x80"   # a pickle of protocol 2 or later (torch.save's) begins so
 # Offsets, sizes and strides are int64 in torch.
 _MAX_INT = 2**63 - 1
 _MAX_DIMS = 32
@@ -192,6 +193,11 @@ def _read_zip(data: bytes):
 
 
 def _read_legacy(data: bytes):
+  if not data.startswith(_PICKLE_PROTO):
+    # E.g. a truncated zip archive ("PK..."), which a pickle reader would
+    # take for opcodes (P: a persistent id, up to the next newline byte).
+    raise TorchFileError(f"not a file torch.save writes (neither a zip archive nor a "
+                         f"pickle: it begins {_REPR.repr(data[:4])})")
   f = io.BytesIO(data)
   if _Unpickler(f, {}).load() != _LEGACY_MAGIC:
     raise TorchFileError("not a file torch.save writes (bad magic number)")

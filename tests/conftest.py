@@ -124,6 +124,14 @@ def mock_tfds(monkeypatch):
   return mocked
 
 
+@pytest.fixture
+def tfds_dir(tmp_path, monkeypatch):
+  """A fresh TFDS data dir (`$TFDS_DATA_DIR`), where image folders are prepared."""
+  path = str(tmp_path / "tfds")
+  monkeypatch.setenv("TFDS_DATA_DIR", path)
+  return path
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
   """A TFDS data_dir shared by the session, where sklearn_digits (built

@@ -36,6 +36,7 @@ def test_flops_of_a_gradient_include_the_backward_convolutions():
 
 
 @pytest.mark.slow   # compiles six variants of the step
+@pytest.mark.extra   # not in .ci/run: see setup.cfg
 def test_benchmark_reports_every_field(tiny_digits):
   config = tiny_digits()
   result = benchmark.measure(config, steps=2, warmup=1, pipeline_batches=3,

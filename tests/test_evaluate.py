@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import digits_as_images
-from sgan_jax import config_lib, dataset_builders, evaluation, sharding, train
+from sgan_jax import config_lib, dataset_builders, evaluation, input_pipeline, sharding, train
 from sgan_jax.evaluators import kmeans, knn, linear_models, linear_probe, svm
 from sgan_jax.state import create_train_state
 
@@ -183,6 +183,7 @@ def test_feature_extraction_padding_does_not_change_results(mock_tfds, tiny_conf
 
 
 @pytest.mark.slow   # training, then a CLI evaluation: ~110 s on 2 cores
+@pytest.mark.extra   # not in .ci/run: see setup.cfg
 def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path, tiny_digits, root):
   # sklearn_digits is built offline: no download check is involved.
   workdir = str(tmp_path)
@@ -304,3 +305,27 @@ def test_evaluate_cli_refuses_an_unwritable_output_dir_before_computing(tmp_path
   assert out.returncode == 2, out.stderr[-2000:]
   assert len(errors) == 1 and "cannot set up the evaluation" in errors[0], out.stderr
   assert out_dir in errors[0] and "Traceback" not in out.stderr
+
+
+def test_raw_pixels_are_kept_as_uint8_and_the_baseline_sees_at_most_32x32(
+    mock_tfds, tiny_config):
+  config = tiny_config()
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  with mock_tfds(num_examples=9):
+    builder = dataset_builders.get_builder(config)
+    _, pixels, _ = evaluation.extract_features(state.spec, {"d": state.d_params}, config,
+                                               builder, "test", sharding.make_mesh())
+    (batch,) = list(input_pipeline.EvalBatches(config, builder, "test", 16))
+  assert pixels.dtype == np.uint8 and pixels.shape == (9, 16 * 16 * 3)
+  # Within half a grey level of the test view the evaluators used to see.
+  np.testing.assert_allclose(evaluation.images_of(pixels, 16), batch["image"],
+                             atol=0.5 / 127.5 + 1e-6)
+  rng = np.random.default_rng(0)
+  for size, f in [(16, 1), (32, 1), (64, 2), (128, 4)]:
+    rows = rng.integers(0, 256, (3, size * size * 3), dtype=np.uint8)
+    images = rows.reshape(3, size, size, 3).astype(np.float64)
+    # The f x f block means, summed from strided views.
+    want = sum(images[:, i::f, j::f] for i in range(f) for j in range(f)) / f ** 2
+    got = evaluation.baseline_pixels(rows, size)
+    assert got.shape == (3, (size // f) ** 2 * 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, (want / 127.5 - 1.0).reshape(3, -1), atol=1e-6)

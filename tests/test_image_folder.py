@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 
 from sgan_jax import config_lib, curves, dataset_builders, errors, input_pipeline, train
-from sgan_jax.datasets import image_folder
+from sgan_jax.datasets import folder_listing, image_folder
 
 CLASSES = ("cat", "dog", "ant")   # not in sorted order on purpose
 
@@ -40,21 +40,13 @@ def make_folder(root, per_class=4, size=(20, 28), classes=CLASSES, seed=0):
   return str(root)
 
 
-@pytest.fixture
-def tfds_dir(tmp_path, monkeypatch):
-  """Prepared copies go to a fresh TFDS data dir."""
-  path = str(tmp_path / "tfds")
-  monkeypatch.setenv("TFDS_DATA_DIR", path)
-  return path
-
-
 def folder_config(tiny_config, root, **overrides):
   return tiny_config(dataset="image_folder", data_dir=root, num_classes=len(CLASSES),
                      **overrides)
 
 
 def test_classes_are_the_sorted_folder_names_and_labels_follow_them(tmp_path):
-  classes, listing = image_folder.scan(make_folder(tmp_path / "d"), ("train", "test"))
+  classes, listing = folder_listing.scan(make_folder(tmp_path / "d"), ("train", "test"))
   assert classes == ["ant", "cat", "dog"]
   for split in ("train", "test"):
     assert len(listing[split]) == 3 * 6   # 4 JPEG + 2 PNG; notes.txt is not an image
@@ -292,7 +284,7 @@ def test_other_file_types_and_nested_folders_are_named_in_one_log_line(tmp_path,
   _write(os.path.join(root, "train", "dog", "b.bmp"))
   _write(os.path.join(root, "test", "ant", "c.BMP"))
   Image.new("RGB", (8, 8)).save(_write(os.path.join(root, "train", "cat", "more", "x.png")))
-  classes, listing = image_folder.scan(root, ("train", "test"))
+  classes, listing = folder_listing.scan(root, ("train", "test"))
   assert len(listing["train"]) == len(listing["test"]) == 3 * 6
   lines = [m for m in _absl_records(caplog) if "not read" in m]
   assert len(lines) == 1, _absl_records(caplog)
@@ -396,7 +388,7 @@ def test_the_parallel_remote_listing_gives_the_same_dataset(tmp_path, tfds_dir, 
   root = make_folder(tmp_path / "d")
   _write(os.path.join(root, "train", "cat", "._x.png"))
   local = image_folder.ImageFolderBuilder(root, ("train", "test"))
-  monkeypatch.setattr(image_folder.storage, "is_remote", lambda path: True)   # as for gs://
+  monkeypatch.setattr(folder_listing.storage, "is_remote", lambda path: True)   # as for gs://
   calls = _count_stats(monkeypatch)
   remote = image_folder.ImageFolderBuilder(root, ("train", "test"))
   images = {str(p) for split in remote._listing.values() for p, _ in split}

@@ -77,6 +77,7 @@ def test_resume_continues_exactly(tmp_path, mock_tfds, tiny_config):
 
 
 @pytest.mark.slow   # a CLI run with an evaluation: ~100 s on 2 cores
+@pytest.mark.extra   # not in .ci/run: see setup.cfg
 def test_digits_main_cli_few_steps(tmp_path, root, config_path):
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
   cmd = [sys.executable, "-m", "sgan_jax.main", f"--config={config_path('digits')}",

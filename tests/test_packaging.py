@@ -27,8 +27,11 @@ def wheel(tmp_path_factory, root):
 
 def test_the_wheel_ships_the_configs(wheel):
   names = set(wheel.namelist())
-  for config in ("cifar10", "cifar100", "digits", "imagenet_subset", "tiny"):
+  for config in ("cifar10", "cifar100", "digits", "imagenet_subset", "imagenet10",
+                 "imagenet100", "tiny"):
     assert f"sgan_jax/configs/{config}.py" in names, config
+  for listed in ("imagenet10", "imagenet100"):   # class_subset names them
+    assert f"sgan_jax/configs/{listed}.txt" in names, listed
 
 
 def test_tensorflow_and_the_gcs_client_are_extras_not_requirements(wheel):
@@ -47,8 +50,9 @@ def test_tensorflow_and_the_gcs_client_are_extras_not_requirements(wheel):
 
 def test_configs_load_by_name_and_unknown_names_are_refused():
   assert config_lib.load_config("digits").dataset == "sklearn_digits"
-  assert sorted(config_lib.packaged_configs()) == ["cifar10", "cifar100", "cifar10_cpu",
-                                                   "digits", "imagenet_subset", "tiny"]
+  assert sorted(config_lib.packaged_configs()) == [
+      "cifar10", "cifar100", "cifar10_cpu", "digits", "imagenet10", "imagenet100",
+      "imagenet_subset", "tiny"]
   with pytest.raises(FileNotFoundError, match="neither a file nor a packaged config"):
     config_lib.config_file("cifar11")
   with pytest.raises(SystemExit):

@@ -95,6 +95,8 @@ def _cli_pair(root, workdir, data_dir, port, *flags):
     cmd = [sys.executable, "-m", "sgan_jax.main", "--config=tiny", f"--workdir={workdir}",
            "--config.dataset=sklearn_digits", f"--config.data_dir={data_dir}",
            "--config.log_every_steps=1", "--config.eval_every_steps=1000",
+           # What is checked is the stop and the resume: a cheap final evaluation.
+           "--config.eval.evaluators=('knn',)", "--config.eval.generator_metrics=False",
            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
            f"--process_id={i}", *flags]
     procs.append(subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,

@@ -55,6 +55,7 @@ def test_default_directory_and_off_switch(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow   # two benchmark starts of the tiny step: ~60 s on 2 cores
+@pytest.mark.extra   # not in .ci/run: see setup.cfg
 def test_second_benchmark_start_loads_the_step(tmp_path, root, config_path):
   cache = str(tmp_path / "cache")
   cmd = [sys.executable, "-m", "sgan_jax.benchmark", f"--config={config_path('tiny')}",
