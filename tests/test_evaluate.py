@@ -254,8 +254,11 @@ def test_evaluators_setting_runs_only_those(tiny_config):
   x, y = gaussian_clusters(3, per_class=20, classes=3, dim=8, spread=1.5)
   feats = {m: {"backbone": x + i, "embedding": x * (i + 1), "probe_pred": y}
            for i, m in enumerate(("d_ema", "d", "random_init"))}
-  split = (y, x, feats)
   config = tiny_config(num_classes=3)
+  # The images as extract_features keeps them: uint8 rows of the test view.
+  pixels = np.random.default_rng(0).integers(
+      0, 256, (len(y), config.image_size ** 2 * 3), dtype=np.uint8)
+  split = (y, pixels, feats)
   full = evaluation.run_evaluators(config, split, split)
   config.eval.evaluators = ("knn",)
   only = evaluation.run_evaluators(config, split, split)

@@ -148,12 +148,11 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, root, config_path
     assert "Traceback" not in out.stderr
 
 
-def test_all_configs_validate(root):
+def test_every_config_in_the_repository_ships(root):
+  """(Each one validates: tests/test_config_lib.py.)"""
   shipped = config_lib.packaged_configs()
   in_repo = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(root, "configs", "*.py"))}
   assert set(shipped) == in_repo - {"__init__"} and "digits" in shipped
-  for name in shipped:
-    config_lib.validate(config_lib.load_config(name))
 
 
 def test_a_workdir_that_cannot_be_created_is_a_user_error(tmp_path, root):
