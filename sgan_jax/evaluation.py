@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgan_jax import (checkpointing, curves, dataset_builders, errors, evaluators,
-                      fid, generator_eval, input_pipeline, progress, sharding, storage)
+                      fid, generator_eval, image_ops, input_pipeline, progress, sharding,
+                      storage)
 from sgan_jax.state import (StepSpec, abstract_train_state, init_discriminator,
                             init_generator)
 
@@ -43,7 +44,7 @@ def _as_uint8(images: np.ndarray) -> np.ndarray:
 
 def images_of(pixels: np.ndarray, size: int) -> np.ndarray:
   """`extract_features`' uint8 rows as float32 images [N, size, size, 3] in [-1, 1]."""
-  return pixels.reshape(-1, size, size, 3).astype(np.float32) / 127.5 - 1.0
+  return image_ops.to_unit_range(pixels.reshape(-1, size, size, 3))
 
 
 def baseline_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -53,7 +54,7 @@ def baseline_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
   f = max(1, size // PIXEL_SIDE)
   side = size // f
   blocks = pixels.reshape(-1, side, f, side, f, 3).astype(np.float32)
-  return (blocks.mean(axis=(2, 4)) / 127.5 - 1.0).reshape(len(pixels), -1)
+  return image_ops.to_unit_range(blocks.mean(axis=(2, 4))).reshape(len(pixels), -1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
