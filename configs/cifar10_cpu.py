@@ -1,5 +1,5 @@
-"""CIFAR-10 sized for a 2-core CPU in about an hour (docs/results.md): 16x16
-inputs, the digits default's small networks, batch 64.
+"""CIFAR-10 sized for a 2-core CPU (its run time and results: docs/results.md):
+16x16 inputs, the digits default's small networks, batch 64.
 
 The data is TFDS's cifar10 (downloaded where that is possible), or any
 ImageFolder copy of CIFAR-10 (`DIR/train/<class>/*.jpg`,

@@ -26,6 +26,7 @@ Prints, and writes as JSON:
   batch), each also per core; and the jitted device augmentation alone
   (`pipeline_rates`).
 """
+import functools
 import platform
 import statistics
 import time
@@ -38,6 +39,7 @@ from ml_collections import config_flags
 from sgan_jax import (cli, config_lib, flops, losses, pipeline_rates, profiling,
                       sharding, step, storage)
 from sgan_jax.state import create_train_state
+from sgan_jax.synthetic import synthetic_batch
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -61,41 +63,38 @@ flags.DEFINE_string("profile_dir", "", "Also trace 2 steps with jax.profiler int
 flags.mark_flags_as_required(["config"])
 
 
-def synthetic_batch(config, mesh=None, seed=0):
-  """A global batch of uniform random images in [-1, 1] and cyclic labels;
-  split over `mesh`'s data axis when given, else on the default device."""
-  b, s = config.global_batch_size, config.image_size
-  key = jax.random.PRNGKey(seed)
-  batch = {"image": jax.random.uniform(key, (b, s, s, 3), minval=-1.0, maxval=1.0),
-           "label": jnp.arange(b, dtype=jnp.int32) % config.num_classes}
-  return batch if mesh is None else jax.device_put(batch, sharding.batch_sharding(mesh))
+def plain_d_loss(state, d_params, both, labels, u):
+  """The plain step's D loss: `-gaussian_jsd` of the real and fake halves of
+  D(`both`) alone (no k-NN terms, Jacobian, hinge, probe or D_ema keys)."""
+  del u   # no power iteration
+  out = state.spec.discriminator().apply({"params": d_params}, both)
+  n = labels.shape[0]
+  real, fake = out.embedding[:n], out.embedding[n:]
+  return (-losses.gaussian_jsd(real, fake, state.spec.loss.eps),
+          step.DAux({}, out, None, None, None))
+
+
+def plain_g_loss(state, real, fake):
+  """The plain step's G loss: `gaussian_jsd` of D's unit embeddings alone."""
+  d_net = state.spec.discriminator()
+  fake_emb = d_net.apply({"params": state.d_params}, fake).embedding
+  return losses.gaussian_jsd(real.emb, fake_emb, state.spec.loss.eps), {}
+
+
+def unit_sigma(embed, images, u, num_iters):
+  """`step.power_iteration`'s stand-in without the Jacobian term's work:
+  sigma 1 on every row (the smoothness penalty is then 0)."""
+  del u, num_iters
+  return jnp.ones((images.shape[0],), images.dtype), embed(images)[1]
 
 
 def plain_step(state, batch):
-  """The baseline: the same networks and optimisers, only `gaussian_jsd`
-  (no k-NN terms, Jacobian, hinge, probe, EMA keys or queue)."""
-  spec, d = state.spec, state.spec.discriminator()
-  n = batch["image"].shape[0]
-  noise = step.draw_step_noise(spec, state.rng, n)
-  fake, g_state = step.generate(spec, state.g_params, state.g_state, noise["z_d"])
-  both = jnp.concatenate([batch["image"], jax.lax.stop_gradient(fake)])
-
-  def d_loss(p):
-    z = d.apply({"params": p}, both).embedding
-    return -losses.gaussian_jsd(z[:n], z[n:], spec.eps)
-  d_params, d_opt = step.apply_gradients(spec.d_optimizer(), jax.grad(d_loss)(state.d_params),
-                                         state.d_opt_state, state.d_params)
-  real = jax.lax.stop_gradient(d.apply({"params": d_params}, batch["image"]).embedding)
-
-  def g_loss(p):
-    fake, new_state = step.generate(spec, p, g_state, noise["z_g"])
-    return losses.gaussian_jsd(real, d.apply({"params": d_params}, fake).embedding,
-                               spec.eps), new_state
-  grads, g_state = jax.grad(g_loss, has_aux=True)(state.g_params)
-  g_params, g_opt = step.apply_gradients(spec.g_optimizer(), grads,
-                                         state.g_opt_state, state.g_params)
-  return state.replace(d_params=d_params, d_opt_state=d_opt, g_state=g_state,
-                       g_params=g_params, g_opt_state=g_opt, step=state.step + 1), {}
+  """The baseline: the step's phases with `plain_d_loss` and `plain_g_loss`
+  (the same networks and optimisers; no EMA or queue update)."""
+  noise = step.draw_step_noise(state.spec, state.rng, batch["image"].shape[0])
+  d_out = step.d_phase(state, batch, noise, plain_d_loss)
+  g_out = step.g_phase(d_out.state, None, batch, noise, plain_g_loss)
+  return g_out.state.replace(step=state.step + 1), {}
 
 
 def _seconds_per_call(call, calls: int, warmup: int):
@@ -138,20 +137,20 @@ def _phase_parts(state, batch):
   """{name: (function, args)} for each separately timed part of the step."""
   spec, n = state.spec, batch["image"].shape[0]
   noise = step.draw_step_noise(spec, jax.random.PRNGKey(1), n)
-  x, y = batch["image"], batch["label"]
-  real_keys = step.ema_keys(spec, state.d_ema_params, x)
+  real_keys = step.ema_keys(spec, state.d_ema_params, batch["image"])
   unit = lambda k, c: jax.random.normal(k, (n, c)) / jnp.sqrt(c)
-  knn_args = (real_keys, unit(jax.random.PRNGKey(2), spec.embed_dim), real_keys,
-              unit(jax.random.PRNGKey(3), spec.embed_dim), state.queue_keys, state.queue_emb)
-  knn = lambda *a: losses.knn_similarities(*a, k=spec.knn_k,
-                                           skip_nearest_fake=spec.skip_nearest_fake)
+  embed_dim = spec.model.embed_dim
+  knn_args = (real_keys, unit(jax.random.PRNGKey(2), embed_dim), real_keys,
+              unit(jax.random.PRNGKey(3), embed_dim), state.queue_keys, state.queue_emb)
+  knn = lambda *a: losses.knn_similarities(
+      *a, k=spec.loss.knn_k, skip_nearest_fake=spec.loss.skip_nearest_fake)
+  no_jacobian = functools.partial(step.d_loss, sigma_fn=unit_sigma)
   return {
       "plain_step": (plain_step, (state, batch)),
-      "d_phase": (step.d_phase, (state, x, y, noise["z_d"], noise["u"])),
-      "d_phase_no_jacobian": (lambda *a: step.d_phase(*a, with_jacobian=False),
-                              (state, x, y, noise["z_d"], noise["u"])),
-      "g_phase": (step.g_phase, (state, state.d_params, state.g_state, x, real_keys,
-                                 noise["z_g"])),
+      "d_phase": (step.d_phase, (state, batch, noise)),
+      "d_phase_no_jacobian": (lambda *a: step.d_phase(*a, no_jacobian),
+                              (state, batch, noise)),
+      "g_phase": (step.g_phase, (state, real_keys, batch, noise)),
       "knn_search": (knn, knn_args),
   }
 

@@ -1,16 +1,17 @@
 """What the command lines (`main`, `evaluate`, `benchmark`) share: flag
-parsing that reports a bad `--config.*` override in one line, the mapping of
-errors to one `error:` line and an exit code, and the compilation cache."""
+parsing that reports a bad `--config.*` override in one line, the start of
+their `main` (`start`), the mapping of errors to one `error:` line and an exit
+code, and the compilation cache."""
 import contextlib
 import os
 import sys
 from typing import Dict, Type
 
-from absl import flags
+from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from sgan_jax import config_lib
+from sgan_jax import config_lib, progress
 
 # Exit codes: 2 for a user error (fix the command, the config or the data),
 # 3 for a run that stopped (every checkpoint on disk is complete and finite).
@@ -30,7 +31,7 @@ def parse_flags(argv):
     _unknown_field(e)
   except (flags.Error, TypeError, ValueError) as e:
     _fail(f"bad command line: {e}\n(see --helpfull for the flags; "
-          f"config fields are listed in README.md)", USER_ERROR)
+          f"config fields are listed in sgan_jax/config_lib.py, reference_config)", USER_ERROR)
 
 
 def _joined_config_flag(argv):
@@ -68,12 +69,23 @@ def define_config_overrides(name: str, default, help_string: str):
 def _unknown_field(error):
   name = str(error).strip("\"'")
   _fail(f"unknown config field '{name}' in a --config.* override "
-        f"(config fields are listed in README.md)", USER_ERROR)
+        f"(config fields are listed in sgan_jax/config_lib.py, reference_config)", USER_ERROR)
 
 
 def _fail(message: str, code: int):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
+
+
+def start(argv, cache_dir: str):
+  """What every command line's `main` does first: refuses positional
+  arguments, keeps the libraries' INFO lines out of the log and turns JAX's
+  persistent compilation cache on in `cache_dir` ('' leaves it off).
+  Returns `use_compilation_cache`'s counter (None when off)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  progress.quiet_library_logs()
+  return use_compilation_cache(cache_dir)
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def _leaves(reference, prefix="") -> Iterator[Tuple[str, str, Any]]:
       yield f"{prefix}{key}", key, reference
 
 
-def _get(config, dotted: str):
+def _field_value(config, dotted: str):
   for part in dotted.split("."):
     config = config[part]
   return config
@@ -68,7 +68,7 @@ def check_types(config, reference: ml_collections.ConfigDict) -> None:
   """Each field of `config` holds a value of its reference's type (the field
   names must already match: `config_lib` checks them first)."""
   for name, key, ref in _leaves(reference):
-    value, kind = _get(config, name), _type_of(ref, key)
+    value, kind = _field_value(config, name), _type_of(ref, key)
     if kind is tuple:
       kinds = {type(v) for v in ref[key]}
       element = float if kinds <= {int, float} and float in kinds else kinds.pop()
@@ -85,7 +85,7 @@ def check_ranges(config, reference: ml_collections.ConfigDict) -> None:
   """Counts at least 1, positive finite rates and weights, decays and betas
   in their intervals (after `check_types`)."""
   for name, key, ref in _leaves(reference):
-    value, kind = _get(config, name), _type_of(ref, key)
+    value, kind = _field_value(config, name), _type_of(ref, key)
     if value is None or kind in (bool, str):
       continue
     if kind is tuple:

@@ -14,10 +14,8 @@ import re
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sgan_jax import class_subsets, config_fields, evaluators, storage
+from sgan_jax import class_subsets, config_fields, storage
 from sgan_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError)
-
-from sgan_jax.models import discriminator, generator, layers
 
 
 def reference_config() -> ml_collections.ConfigDict:
@@ -242,18 +240,7 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   if config.queue_size % b:
     raise ConfigError(f"queue_size {config.queue_size} must be a positive "
                       f"multiple of global_batch_size {b}")
-  try:
-    stages = discriminator.num_stages(config.image_size)
-    generator.stage_channels(config.image_size, config.model.g_ch)
-  except ValueError as e:
-    raise ConfigError(f"image_size: {e}") from None
-  if len(config.model.d_widths) != stages:
-    raise ConfigError(f"model.d_widths has {len(config.model.d_widths)} "
-                      f"entries; image_size {config.image_size} needs {stages}")
-  try:
-    layers.check_widths(config.model.d_widths, config.model.channels_per_group)
-  except ValueError as e:
-    raise ConfigError(f"model.d_widths: {e}") from None
+  _check_model(config)
   weights = config.eval.inception_weights
   if weights and not storage.exists(weights):
     raise ConfigError(f"eval.inception_weights: no file at {weights}; give the path of "
@@ -286,7 +273,29 @@ def _check_data(config) -> None:
                       f"{config.augment_on!r}")
 
 
+def _check_model(config) -> None:
+  """The networks' own rules: a supported resolution, one D width per stage,
+  widths that GroupNorm can split. Imported here, not at the top: loading or
+  reading a config does not load the networks (Flax, JAX)."""
+  from sgan_jax.models import discriminator, generator, layers  # pylint: disable=import-outside-toplevel
+  try:
+    stages = discriminator.num_stages(config.image_size)
+    generator.stage_channels(config.image_size, config.model.g_ch)
+  except ValueError as e:
+    raise ConfigError(f"image_size: {e}") from None
+  if len(config.model.d_widths) != stages:
+    raise ConfigError(f"model.d_widths has {len(config.model.d_widths)} "
+                      f"entries; image_size {config.image_size} needs {stages}")
+  try:
+    layers.check_widths(config.model.d_widths, config.model.channels_per_group)
+  except ValueError as e:
+    raise ConfigError(f"model.d_widths: {e}") from None
+
+
 def _check_eval(e, num_devices: int) -> None:
+  """The evaluation's rules; the evaluator names are those of
+  `sgan_jax.evaluators` (imported here, as `_check_model`'s networks)."""
+  from sgan_jax import evaluators  # pylint: disable=import-outside-toplevel
   if e.batch_size % num_devices:
     raise ConfigError(f"eval.batch_size {e.batch_size} must be "
                       f"divisible by the number of devices ({num_devices})")

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sgan_jax import class_subsets, config_lib, errors, processes, storage
+from sgan_jax import class_subsets, errors, processes, storage
 from sgan_jax import datasets  # importing it registers the project datasets with TFDS
 
 # A prepared TFDS dataset read from its folder (copied from another machine):
@@ -45,7 +45,7 @@ def _can_download() -> bool:
 def _builder(config) -> tfds.core.DatasetBuilder:
   if config.dataset == PREPARED:
     if not storage.exists(storage.path(config.data_dir) / "dataset_info.json"):
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"dataset '{PREPARED}' reads a prepared TFDS dataset from its folder, "
           f"and {config.data_dir} has no dataset_info.json; pass the folder "
           f"that holds it (e.g. DATA_DIR/cifar10/3.0.2) as --config.data_dir")
@@ -59,7 +59,7 @@ def _builder(config) -> tfds.core.DatasetBuilder:
     return tfds.builder(config.dataset, data_dir=config.data_dir or None,
                         file_format=FILE_FORMAT)
   except tfds.core.registered.DatasetNotFoundError:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"unknown dataset '{config.dataset}': neither a TFDS dataset nor one of "
         f"this project's ({', '.join(sorted(PROJECT_DATASETS))}); "
         f"`tfds.list_builders()` lists TFDS's") from None
@@ -99,7 +99,7 @@ def _with_num_classes(builder, config):
   if subset_ids(config, builder) is None and found != config.num_classes:
     what = (f"image folder {config.data_dir}" if config.dataset == datasets.image_folder.NAME
             else f"dataset '{config.dataset}' ({config.data_dir})")
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"num_classes is {config.num_classes} but {what} has {found} classes; "
         f"pass --config.num_classes={found}")
   return builder
@@ -125,7 +125,7 @@ def _prepare(builder, config):
         f"--config.data_dir=DIR; reading a prepared dataset needs no TensorFlow")
   try:
     builder.download_and_prepare()
-  except config_lib.ConfigError:   # a bad image folder: its own one-line message
+  except errors.ConfigError:   # a bad image folder: its own one-line message
     raise
   except Exception as e:  # TFDS raises many types; say which dataset failed.
     raise DatasetUnavailableError(
@@ -242,7 +242,7 @@ def check_classes(config, builder, workdir, write: bool) -> None:
   if stored != names:
     changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in
                enumerate(zip(stored, names)) if a != b][:3]
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"dataset '{config.dataset}' ({config.data_dir or 'default data_dir'}) has "
         f"classes that differ from the run's {path} ({len(stored)} there, "
         f"{len(names)} here; {', '.join(changed) or 'extra classes'}); use the "

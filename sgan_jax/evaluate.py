@@ -18,8 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402  (after the TF log level)
 from ml_collections import config_flags  # noqa: E402
 
-from sgan_jax import (checkpointing, cli, config_lib, curves,  # noqa: E402
-                      errors, evaluation, progress, storage)
+from sgan_jax import (checkpointing, cli, config_lib, errors,  # noqa: E402
+                      evaluation, progress, reporting, storage)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir (with config.json "
@@ -65,12 +65,12 @@ def main(argv):
                                            FLAGS.output_dir)
   out = FLAGS.output_dir or FLAGS.workdir
   if done:
-    print(evaluation.format_table(done[-1][1]))
+    print(reporting.format_table(done[-1][1]))
   for step, _ in done:
-    print(f"wrote {evaluation.results_path(out, step)}")
+    print(f"wrote {reporting.results_path(out, step)}")
   # Each evaluation redraws the curve; with nothing new, draw it from the
   # results already there.
-  curve = storage.path(out) / curves.FILE if done else curves.plot(out)
+  curve = storage.path(out) / reporting.CURVE_FILE if done else reporting.plot_curves(out)
   if curve is not None:
     print(f"wrote {curve}")
   if cache is not None:

@@ -1,10 +1,8 @@
-"""Evaluation of D's features (docs/method.md §6): extraction, scoring by the
-evaluators in `sgan_jax.evaluators`, the results table and JSON, the hook that
-training calls, and `evaluate_checkpoint` (what `python -m sgan_jax.evaluate`
-runs).
-
-Results are a flat map `"<model>/<features>/<evaluator>/<metric>" -> number`,
-written as `eval_<step>.json` (see README).
+"""Evaluation of a checkpoint (docs/method.md §6): D's features extracted
+and scored by the evaluators of `config.eval.evaluators`
+(`sgan_jax.evaluators`), G's metrics (`generator_eval`, `fid`), the hook that
+training calls, and `evaluate_checkpoints` (what `python -m sgan_jax.evaluate`
+runs). The results' names, table, JSON and learning curve are `reporting`'s.
 
 Models: `d_ema` and `d` (the checkpoint's networks), `random_init` (a freshly
 initialised D, the "what training bought" baseline) and `raw_pixels`.
@@ -21,14 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax import (checkpointing, curves, dataset_builders, errors, evaluators,
-                      fid, generator_eval, image_ops, input_pipeline, progress, sharding,
-                      storage)
+from sgan_jax import (checkpointing, dataset_builders, errors, evaluators, fid,
+                      generator_eval, image_ops, input_pipeline, progress, reporting,
+                      sharding, storage)
 from sgan_jax.state import (StepSpec, abstract_train_state, init_discriminator,
                             init_generator)
 
-MODELS = ("d_ema", "d", "random_init", "raw_pixels")
-PIXEL_EVALUATORS = ("knn", "linear", "svm")
+PIXEL_EVALUATORS = ("knn", "linear", "svm")   # k-means is not run on raw pixels
 # The raw-pixel baseline sees the test view area-averaged to at most this
 # side (3,072 values at 32x32): at 64x64 and 126,689 ImageNet-100 images the
 # full-size rows alone would take 6.2 GB in float32.
@@ -107,7 +104,7 @@ def extract_features(spec, named_params: Dict, config, builder, split, mesh,
           {m: {k: cat(v) for k, v in f.items()} for m, f in feats.items()})
 
 
-def run_evaluators(config, train_split, test_split, models=MODELS,
+def run_evaluators(config, train_split, test_split, models=reporting.MODELS,
                    include=None, check_stop: Callable[[], None] = _keep_going
                    ) -> Dict[str, float]:
   """Scores features; `train_split`/`test_split` are `extract_features` results.
@@ -117,83 +114,34 @@ def run_evaluators(config, train_split, test_split, models=MODELS,
   """
   (y_train, pixels_train, feats_train), (y_test, pixels_test, feats_test) = (
       train_split, test_split)
+  built = evaluators.from_config(config.num_classes, config.eval)
   jobs, out = [], {}
   for model in models:
     if include is not None and model not in include:
       continue
     if model == "raw_pixels":
-      sets = {"pixels": (baseline_pixels(pixels_train, config.image_size),
-                         baseline_pixels(pixels_test, config.image_size))}
-      names = [n for n in PIXEL_EVALUATORS if n in config.eval.evaluators]
+      sets = {reporting.PIXELS: (baseline_pixels(pixels_train, config.image_size),
+                                 baseline_pixels(pixels_test, config.image_size))}
+      names = [n for n in built if n in PIXEL_EVALUATORS]
     else:
       sets = {f: (feats_train[model][f], feats_test[model][f])
-              for f in ("backbone", "embedding")}
-      names = [n for n in evaluators.NAMES if n in config.eval.evaluators]
-      if model != "random_init":   # the online probe trained with D
-        out[f"{model}/backbone/online_probe/top1"] = float(
+              for f in reporting.D_FEATURES}
+      names = list(built)
+      if model in reporting.TRAINED:   # the online probe trained with D
+        (metric,) = evaluators.SCORES[evaluators.ONLINE_PROBE]
+        out[f"{model}/backbone/{evaluators.ONLINE_PROBE}/{metric}"] = float(
             np.mean(feats_test[model]["probe_pred"] == y_test))
     jobs += [(model, feature, name, xs) for feature, xs in sets.items() for name in names]
   report = progress.Progress("  evaluators", len(jobs), "fits", every=0.0)
   for model, feature, name, (train_x, test_x) in jobs:
     check_stop()
     t0 = time.time()
-    scores = evaluators.get(name)((train_x, y_train), (test_x, y_test),
-                                  config.num_classes, config.eval)
+    scores = dict(built[name].run((train_x, y_train), (test_x, y_test)))
     out.update({f"{model}/{feature}/{name}/{k}": v for k, v in scores.items()})
     logging.info("  %s %s %s: %s (%.1f s)", model, feature, name, ", ".join(
         f"{k} {v:.4f}" for k, v in scores.items()), time.time() - t0)
     report.update()
   return out
-
-
-GENERATOR_ROWS = ("g_ema", "random_init", "real_train", "real_test")
-
-
-def format_table(results: Dict[str, float]) -> str:
-  """D's features: one row per (model, features), one column per evaluator
-  metric; then G's metrics (`gen/*`), one row per image set."""
-  columns = ["knn/top1", "linear/top1", "svm/top1", "kmeans/acc", "kmeans/nmi",
-             "kmeans/ari", "online_probe/top1"]
-  rows = sorted({tuple(k.split("/")[:2]) for k in results if not k.startswith("gen/")},
-                key=lambda r: (MODELS.index(r[0]), r[1]))
-  cell = lambda v: f"{'-' if v is None else f'{v:.4f}':>17}"
-  head = f"{'model':<12} {'features':<10} " + " ".join(f"{c:>17}" for c in columns)
-  lines = [head, "-" * len(head)]
-  for model, feature in rows:
-    lines.append(f"{model:<12} {feature:<10} " + " ".join(
-        cell(results.get(f"{model}/{feature}/{c}")) for c in columns))
-  lines.append("(test split; the k-NN bank, the linear probe and the SVM use the "
-               "train split)")
-  if "gen/classifier/test_top1" in results:
-    gen_columns = ["classifier_fd", "classifier_score"]
-    if any(k.endswith("/fid") for k in results):
-      gen_columns += ["fid", "inception_score"]
-    lines += ["", f"{'G / images':<23} " + " ".join(f"{c:>17}" for c in gen_columns)]
-    lines += [f"{row:<23} " + " ".join(cell(results.get(f"gen/{row}/{c}"))
-                                       for c in gen_columns) for row in GENERATOR_ROWS]
-    lines.append(f"(classifier_*: against the test split, in the features of a small "
-                 f"classifier trained on the train split, test top-1 "
-                 f"{results['gen/classifier/test_top1']:.4f}; not FID"
-                 + ("; fid: InceptionV3, against the train split)" if "fid" in gen_columns
-                    else ")"))
-  return "\n".join(lines)
-
-
-def results_path(workdir: storage.PathLike, step: int):
-  return storage.path(workdir) / f"eval_{step}.json"
-
-
-def write_json(results: Dict[str, float], workdir: storage.PathLike, step: int):
-  path = results_path(workdir, step)
-  if jax.process_index() == 0:
-    storage.write_json(path, results)
-  return path
-
-
-def read_json(workdir: storage.PathLike, step: int) -> Optional[Dict[str, float]]:
-  """The results of `eval_<step>.json` in `workdir`, or None if there is none."""
-  path = results_path(workdir, step)
-  return storage.read_json(path) if storage.exists(path) else None
 
 
 class TrainingEvaluator:
@@ -227,7 +175,8 @@ class TrainingEvaluator:
       base = self._classifier.fit(images(pixels_train), y_train,
                                   images(pixels_test), y_test)
       key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 0x6A)
-      random_g = jax.jit(init_generator, static_argnums=0)(spec, key)   # eager: ~17 s
+      # Jitted: op by op, G's initialisation is many times slower.
+      random_g = jax.jit(init_generator, static_argnums=0)(spec, key)
       base.update(self._classifier.score("random_init", sample(*random_g)))
       self._inception = fid.InceptionMetrics.create(c, self.workdir)
       if self._inception is not None:
@@ -255,19 +204,19 @@ class TrainingEvaluator:
     splits = [extract_features(state.spec, named, self.config, self.builder, s,
                                self.mesh, self.check_stop)
               for s in (self.config.train_split, self.config.test_split)]
-    include = None if self._baseline is None else ("d_ema", "d")
+    include = None if self._baseline is None else reporting.TRAINED
     results = run_evaluators(self.config, *splits, include=include,
                              check_stop=self.check_stop)
     if self._baseline is None:
       self._baseline = {k: v for k, v in results.items()
-                        if k.split("/")[0] in ("random_init", "raw_pixels")}
+                        if k.split("/")[0] in reporting.BASELINES}
     results.update(self._baseline)
     if self.config.eval.generator_metrics:
       results.update(self._generator_results(state, splits))
-    write_json(results, self.workdir, step)
+    reporting.write_results(results, self.workdir, step)
     if jax.process_index() == 0:
-      curves.plot(self.workdir)
-    self.last_table = format_table(results)
+      reporting.plot_curves(self.workdir)
+    self.last_table = reporting.format_table(results)
     logging.info("Evaluation at step %d (%.1f s):\n%s", step, time.time() - t0,
                  self.last_table)
     if logger is not None:
@@ -292,7 +241,7 @@ def missing_steps(workdir: storage.PathLike, output_dir: Optional[storage.PathLi
   ckpt = checkpointing.Checkpointer(workdir, 1, read_only=True)
   steps = ckpt.all_steps()
   ckpt.close()
-  return [s for s in steps if read_json(output_dir or workdir, s) is None]
+  return [s for s in steps if reporting.read_results(output_dir or workdir, s) is None]
 
 
 def evaluate_checkpoints(config, workdir: storage.PathLike, steps,

@@ -45,7 +45,8 @@ def check_weights(config) -> None:
 
 
 @jax.jit
-def _outputs(variables, images):
+def _inception_batch(variables, images):
+  """(pool features, class probabilities) of one batch of images."""
   pool, logits = inception.FIDInceptionV3().apply(variables, images)
   return pool, jax.nn.softmax(logits)
 
@@ -53,7 +54,7 @@ def _outputs(variables, images):
 def inception_outputs(variables, images, batch: int):
   """(pool features [N, 2048], class probabilities [N, 1008]) of [-1, 1]
   images, in batches of `batch`."""
-  return map_in_batches(functools.partial(_outputs, variables),
+  return map_in_batches(functools.partial(_inception_batch, variables),
                         np.asarray(images, np.float32), batch)
 
 

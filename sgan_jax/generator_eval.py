@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sgan_jax.samples import generate_batch
 from sgan_jax.state import StepSpec
-from sgan_jax.step import generate
 from sgan_jax.utils import map_in_batches
 
 FEATURE_DIM = 128
@@ -54,7 +54,7 @@ class SmallClassifier(nn.Module):
 @functools.partial(jax.jit, static_argnames="num_classes", donate_argnums=(0, 1))
 def _classifier_step(params, opt_state, images, labels, num_classes, lr):
   # One jitted step driven from Python: XLA:CPU runs these convolutions
-  # ~30x slower inside a scan/while loop than as a top-level computation.
+  # much more slowly inside a scan/while loop than as a top-level computation.
   def loss_fn(p):
     logits = SmallClassifier(num_classes).apply({"params": p}, images)[1]
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
@@ -82,7 +82,8 @@ def train_classifier(images, labels, num_classes: int, epochs: int, seed: int,
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")
-def _outputs(params, images, num_classes):
+def _classifier_batch(params, images, num_classes):
+  """(128-d features, class probabilities) of one batch of images."""
   features, logits = SmallClassifier(num_classes).apply({"params": params}, images)
   return features, jax.nn.softmax(logits)
 
@@ -119,14 +120,9 @@ def generate_images(spec: StepSpec, g_params, g_state, num: int, batch: int, see
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x6E)
   out = []
   for i in range(-(-num // batch)):
-    z = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (batch, spec.z_dim)))
-    out.append(np.asarray(_generate_batch(spec, g_params, g_state, z)))
+    z = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (batch, spec.model.z_dim)))
+    out.append(np.asarray(generate_batch(spec, g_params, g_state, z)))
   return np.concatenate(out)[:num]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _generate_batch(spec, g_params, g_state, z):
-  return generate(spec, g_params, g_state, z)[0]
 
 
 class ClassifierMetrics:
@@ -139,7 +135,8 @@ class ClassifierMetrics:
     self.reference: Dict[str, float] = {}
 
   def _apply(self, images):
-    apply = functools.partial(_outputs, self.params, num_classes=self.config.num_classes)
+    apply = functools.partial(_classifier_batch, self.params,
+                              num_classes=self.config.num_classes)
     return map_in_batches(apply, np.asarray(images, np.float32), self.config.eval.batch_size)
 
   def fit(self, train_images, train_labels, test_images, test_labels):

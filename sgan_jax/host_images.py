@@ -6,9 +6,10 @@ TensorFlow; `sgan_jax.input_pipeline` builds the loaders from them).
   int32}` records, restricted to a class subset and renumbered if asked;
   `read_many` reads a batch of them at once (the file reads in parallel).
 - `ReadBatch`: a batch of record keys -> the batch the model sees: uint8
-  images for the device's augmentation (`sgan_jax.augment`), or the training
-  view (random resized crop and flip, `sgan_jax.image_ops`), or the test
-  view (the central square resized), float32 in [-1, 1].
+  images for the device's augmentation (`sgan_jax.device_augment`), or the
+  training view (`random_crop_flip`: random resized crop and flip,
+  `sgan_jax.image_ops`), or the test view (the central square resized),
+  float32 in [-1, 1].
 """
 import dataclasses
 from typing import Optional, Sequence
@@ -58,7 +59,7 @@ class Records:
     return f"Records({len(self)} records)"
 
 
-def augment(images, size: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop_flip(images, size: int, rng: np.random.Generator) -> np.ndarray:
   """Random resized crop and flip of each uint8 image of `images` (a list)
   to `size` x `size`: [N, size, size, 3] float32 in [0, 255]. The boxes and
   flips are drawn from `rng` first ([N, attempts, 4] uniforms, [N] flips);
@@ -91,9 +92,9 @@ UINT8, AUGMENT, CENTER = "uint8", "augment", "center"   # what ReadBatch makes
 class ReadBatch:
   """`(batch_index, keys) -> {"image", "label"}`: reads the records at `keys`
   and makes each image `view`: UINT8 (as stored; the images must share one
-  size), AUGMENT (`augment`, float32 in [-1, 1]; the batch at position
-  `batch_index` of the stream draws from the generator seeded by (seed,
-  stream, batch_index), so a resumed stream repeats the same crops;
+  size), AUGMENT (`random_crop_flip`, float32 in [-1, 1]; the batch at
+  position `batch_index` of the stream draws from the generator seeded by
+  (seed, stream, batch_index), so a resumed stream repeats the same crops;
   `stream` tells the processes' shards apart) or CENTER
   (`center_resize`, float32 in [-1, 1])."""
   records: Records
@@ -109,7 +110,7 @@ class ReadBatch:
       images = np.stack(images)
     elif self.view == AUGMENT:
       rng = np.random.default_rng([self.seed, self.stream, int(batch_index)])
-      images = image_ops.to_unit_range(augment(images, self.size, rng))
+      images = image_ops.to_unit_range(random_crop_flip(images, self.size, rng))
     else:
       images = image_ops.to_unit_range(
           np.stack([center_resize(image, self.size) for image in images]))

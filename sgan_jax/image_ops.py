@@ -1,15 +1,16 @@
-"""The training augmentation's arithmetic, written once for NumPy (the host
-loader, `sgan_jax.host_images`) and jax.numpy (the device, `sgan_jax.augment`):
-pass `xp=numpy` or `xp=jax.numpy` (docs/method.md, section 5 "Defaults:
-optimisation and data"). Imports NumPy only, so the loader's worker processes
-never load JAX.
+"""The training augmentation's arithmetic and its constants, written once for
+NumPy (the host loader, `sgan_jax.host_images`) and jax.numpy (the device,
+`sgan_jax.device_augment`): pass `xp=numpy` or `xp=jax.numpy` (docs/method.md,
+section 5 "Defaults: optimisation and data"). Imports NumPy only, so the
+loader's worker processes never load JAX.
 
 - **Crop box** (`crop_box`): TensorFlow's `sample_distorted_bounding_box`
-  algorithm with area 0.5-1 of the image and aspect ratio 3/4-4/3 (uniform),
-  up to 10 attempts, else the whole image. As there, an attempt picks the
-  aspect ratio, then an integer height uniformly between the smallest and
-  largest that reach the area range, the width as the rounded height times
-  the ratio, and the offsets uniformly in `[0, H - h)` and `[0, W - w)`
+  algorithm with an area of `AREA_RANGE` (0.5-1) of the image and an aspect
+  ratio (width / height) uniform in `ASPECT_RANGE` (3/4-4/3), up to
+  `MAX_ATTEMPTS` (10) attempts, else the whole image. As there, an attempt
+  picks the aspect ratio, then an integer height uniformly between the
+  smallest and largest that reach the area range, the width as the rounded
+  height times the ratio, and the offsets uniformly in `[0, H - h)` and `[0, W - w)`
   (TensorFlow's range: a crop smaller than the image never touches its bottom
   or right edge). The caller supplies the uniform draws, so each side uses its
   own random numbers with one algorithm.
@@ -22,7 +23,7 @@ never load JAX.
 import numpy as np
 
 AREA_RANGE = (0.5, 1.0)
-RATIO_RANGE = (3 / 4, 4 / 3)
+ASPECT_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10
 DRAWS_PER_ATTEMPT = 4   # aspect ratio, height, y offset, x offset
 
@@ -65,7 +66,7 @@ def _below(u, n, xp):
 def _attempts(u, height: int, width: int, xp):
   """TensorFlow's `GenerateRandomCrop`, vectorised over attempts: u is
   float32 [..., A, 4] uniforms; returns (ok, y, x, h, w), each [..., A]."""
-  lo, hi = RATIO_RANGE
+  lo, hi = ASPECT_RANGE
   ratio = u[..., 0] * xp.float32(hi - lo) + xp.float32(lo)
   min_area = AREA_RANGE[0] * height * width
   max_area = AREA_RANGE[1] * height * width

@@ -6,7 +6,7 @@ random-access ArrayRecord data sources and loaded by grain.
   disjoint) and batches the record keys; each batch is read at once and its
   images decoded (and augmented on the host, if so) by
   `host_images.ReadBatch`, in worker processes (`data_workers`). Batches of
-  uint8 images go to the device, where `sgan_jax.augment` augments them
+  uint8 images go to the device, where `sgan_jax.device_augment` augments them
   (`augment_on`). `TrainBatches` keeps the loader's state as of the last batch
   the step took, so a checkpoint holds it and a resume restores it directly
   (no replay of the stream).
@@ -26,8 +26,8 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sgan_jax import augment as device_augment
-from sgan_jax import config_lib, dataset_builders, datasets, host_images, sharding
+from sgan_jax import (dataset_builders, datasets, device_augment, errors, host_images, sharding,
+                      utils)
 
 _MAX_WORKERS = 16
 
@@ -49,7 +49,7 @@ def augments_on_device(config, builder) -> bool:
     return False
   fixed = fixed_image_shape(builder) is not None
   if config.augment_on == "device" and not fixed:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"augment_on='device' needs images of one fixed size, and dataset "
         f"'{config.dataset}' has images of varying sizes; use "
         f"--config.augment_on=host (or auto)")
@@ -108,7 +108,7 @@ def train_batch_keys(config, data: host_images.Records, on_device: bool,
   `host_images.ReadBatch` (uint8 images with `on_device`, else the
   augmented or centred view in [-1, 1])."""
   if config.global_batch_size % shard_count:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"global_batch_size {config.global_batch_size} is not divisible by "
         f"the {shard_count} processes")
   usable = len(data) // shard_count * shard_count
@@ -225,8 +225,4 @@ class EvalBatches:
 def pad_to_full_batch(batch: Dict[str, np.ndarray], batch_size: int):
   """Pads a short final batch with zero rows (mask False) to the static size,
   so that one compiled function serves every batch."""
-  n = batch["image"].shape[0]
-  if n == batch_size:
-    return batch
-  return {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
-          for k, v in batch.items()}
+  return {k: utils.pad_rows(v, batch_size) for k, v in batch.items()}

@@ -3,14 +3,23 @@
 Every function here is pure, works under `jax.jit` and `jax.grad`, computes in
 the dtype of its inputs (float32 by default, float64 with x64 enabled) and
 returns JAX arrays, never Python floats. Arrays are positional; hyper-parameters
-are keywords. Shape-defining ones (`k`, `num_iters`, `skip_nearest_fake`) must
-be static under jit; float ones (`eps`, the loss weights) may be traced.
+are keywords (named tuples in the grouped form below). Shape-defining ones and
+switches (`k`, `num_iters`, `skip_nearest_fake`, `renormalize_mean`) must be
+static under jit; float ones (`eps`, the loss weights) may be traced.
 
 Sign conventions follow the authors' code: D *minimises*
 `-gaussian_jsd + knn_weight * (-real_sim + fake_sim) + ...` and G minimises
 `+gaussian_jsd + knn_weight * (-fake_sim)`.
+
+The two total losses come in two forms that compute the same thing:
+`discriminator_loss` and `generator_loss` take every array and
+hyper-parameter as its own argument; `discriminator_objective` and
+`generator_objective` (what the train step calls) take them grouped as named
+tuples: each half of D's output (`DHalf`, reals and fakes), the memory queue
+(`MemoryBank`), the hyper-parameters both losses share (`LossSettings`) and
+D's own weights (`DWeights`).
 """
-from typing import Callable, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +28,44 @@ import optax
 from sgan_jax.utils import unit_rows
 
 __all__ = [
-    "gaussian_jsd", "knn_similarities", "jacobian_sigma", "smoothness_penalty",
-    "norm_hinge", "discriminator_loss", "generator_loss",
+    "gaussian_jsd", "knn_similarities", "jacobian_sigma",
+    "power_iteration_sigma", "smoothness_penalty", "norm_hinge",
+    "discriminator_loss", "generator_loss", "DHalf", "MemoryBank",
+    "LossSettings", "DWeights", "discriminator_objective",
+    "generator_objective",
 ]
+
+
+class DHalf(NamedTuple):
+  """D's outputs on one half of a batch (the reals or the fakes)."""
+  emb: jax.Array                          # [N, C] unit embeddings
+  keys: jax.Array                         # [N, Ck] D_ema keys (stop_gradient)
+  raw_emb: Optional[jax.Array] = None     # [N, C] raw embeddings (D's reals)
+  probe_logits: Optional[jax.Array] = None  # [N, classes] (D's reals)
+
+
+class MemoryBank(NamedTuple):
+  """The queue of past real rows (treated as constants)."""
+  keys: jax.Array   # [K, Ck] D_ema keys
+  emb: jax.Array    # [K, C] unit embeddings
+
+
+class LossSettings(NamedTuple):
+  """The hyper-parameters both total losses take (docs/method.md §5); named
+  as `discriminator_loss`'s keywords. `k`, `skip_nearest_fake` and
+  `renormalize_mean` are static."""
+  eps: float
+  k: int
+  skip_nearest_fake: bool
+  renormalize_mean: bool
+  knn_weight: float
+
+
+class DWeights(NamedTuple):
+  """The weights of D's own terms; named as `discriminator_loss`'s keywords."""
+  smoothness_weight: float
+  norm_hinge_weight: float
+  probe_weight: float
 
 
 def _log_det_coding_rate(x, eps, renormalize_mean=True):
@@ -66,8 +110,8 @@ def gaussian_jsd(real, fake, eps=0.5, *, renormalize_mean=True):
   return 0.5 * (joint - 0.5 * (r(real) + r(fake)))
 
 
-# Up to this many neighbours, `_top_indices` takes one argmax per neighbour;
-# XLA:CPU's top_k sorts whole rows (0.04-0.1 s for 32 x 10,272 scores).
+# Up to this many neighbours, `_top_indices` takes one argmax per neighbour,
+# because XLA:CPU's top_k sorts whole rows (docs/benchmarks.md has the figures).
 _ARGMAX_TOP_K = 8
 
 
@@ -224,6 +268,49 @@ def norm_hinge(e):
   return jnp.mean(jnp.square(jnp.minimum(norms - 1.0, 0.0)))
 
 
+def _coarse_and_fine(real: DHalf, fake: DHalf, bank: MemoryBank,
+                     settings: LossSettings):
+  """(gaussian_jsd, real_sim, fake_sim): the terms D and G share."""
+  jsd = gaussian_jsd(real.emb, fake.emb, settings.eps,
+                     renormalize_mean=settings.renormalize_mean)
+  real_sim, fake_sim = knn_similarities(
+      real.keys, real.emb, fake.keys, fake.emb, bank.keys, bank.emb,
+      k=settings.k, skip_nearest_fake=settings.skip_nearest_fake)
+  return jsd, real_sim, fake_sim
+
+
+def discriminator_objective(real: DHalf, fake: DHalf, bank: MemoryBank, sigma,
+                            labels, settings: LossSettings, weights: DWeights):
+  """`discriminator_loss` with its inputs grouped: `real` with `raw_emb` and
+  `probe_logits` set, `fake`, the queue, the sigmas, the labels, the shared
+  settings and D's weights. Returns `(loss, metrics)`."""
+  jsd, real_sim, fake_sim = _coarse_and_fine(real, fake, bank, settings)
+  smooth = smoothness_penalty(sigma)
+  hinge = norm_hinge(real.raw_emb)
+  probe_ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      real.probe_logits, labels))
+  loss = (-jsd + settings.knn_weight * (-real_sim + fake_sim)
+          + weights.smoothness_weight * smooth
+          + weights.norm_hinge_weight * hinge
+          + weights.probe_weight * probe_ce)
+  probe_acc = jnp.mean((jnp.argmax(real.probe_logits, -1) == labels)
+                       .astype(real.emb.dtype))
+  metrics = dict(loss=loss, jsd=jsd, real_sim=real_sim, fake_sim=fake_sim,
+                 smoothness=smooth, sigma_mean=jnp.mean(sigma),
+                 norm_hinge=hinge,
+                 embed_norm=jnp.mean(jnp.linalg.norm(real.raw_emb, axis=-1)),
+                 probe_ce=probe_ce, probe_acc=probe_acc)
+  return loss, metrics
+
+
+def generator_objective(real: DHalf, fake: DHalf, bank: MemoryBank,
+                        settings: LossSettings) -> Tuple[jax.Array, dict]:
+  """`generator_loss` with its inputs grouped. Returns `(loss, metrics)`."""
+  jsd, real_sim, fake_sim = _coarse_and_fine(real, fake, bank, settings)
+  loss = jsd - settings.knn_weight * fake_sim
+  return loss, dict(loss=loss, jsd=jsd, real_sim=real_sim, fake_sim=fake_sim)
+
+
 def discriminator_loss(real_emb, fake_emb, real_raw_emb, real_keys, fake_keys,
                        queue_keys, queue_emb, sigma, probe_logits, labels, *,
                        eps=0.5, k=1, skip_nearest_fake=True, knn_weight=3.0,
@@ -244,32 +331,20 @@ def discriminator_loss(real_emb, fake_emb, real_raw_emb, real_keys, fake_keys,
     sigma: [N + M] Jacobian estimates on `concat(real, sg(fake))`.
     probe_logits: [N, classes] online probe on `stop_gradient(h_real)`.
     labels: [N] int class labels (used by the probe only).
-    The keywords are the weights and switches of docs/method.md §5; k and
-    skip_nearest_fake are static.
+    The keywords are the weights and switches of docs/method.md §5; k,
+    skip_nearest_fake and renormalize_mean are static.
 
   Returns:
     `(loss, metrics)` where metrics holds each term as a scalar array.
   """
-  jsd = gaussian_jsd(real_emb, fake_emb, eps,
-                     renormalize_mean=renormalize_mean)
-  real_sim, fake_sim = knn_similarities(real_keys, real_emb, fake_keys,
-                                        fake_emb, queue_keys, queue_emb, k=k,
-                                        skip_nearest_fake=skip_nearest_fake)
-  smooth = smoothness_penalty(sigma)
-  hinge = norm_hinge(real_raw_emb)
-  probe_ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-      probe_logits, labels))
-  loss = (-jsd + knn_weight * (-real_sim + fake_sim)
-          + smoothness_weight * smooth + norm_hinge_weight * hinge
-          + probe_weight * probe_ce)
-  probe_acc = jnp.mean((jnp.argmax(probe_logits, -1) == labels)
-                       .astype(real_emb.dtype))
-  metrics = dict(loss=loss, jsd=jsd, real_sim=real_sim, fake_sim=fake_sim,
-                 smoothness=smooth, sigma_mean=jnp.mean(sigma),
-                 norm_hinge=hinge,
-                 embed_norm=jnp.mean(jnp.linalg.norm(real_raw_emb, axis=-1)),
-                 probe_ce=probe_ce, probe_acc=probe_acc)
-  return loss, metrics
+  return discriminator_objective(
+      DHalf(real_emb, real_keys, real_raw_emb, probe_logits),
+      DHalf(fake_emb, fake_keys), MemoryBank(queue_keys, queue_emb), sigma,
+      labels,
+      LossSettings(eps=eps, k=k, skip_nearest_fake=skip_nearest_fake,
+                   renormalize_mean=renormalize_mean, knn_weight=knn_weight),
+      DWeights(smoothness_weight=smoothness_weight,
+               norm_hinge_weight=norm_hinge_weight, probe_weight=probe_weight))
 
 
 def generator_loss(real_emb, fake_emb, real_keys, fake_keys, queue_keys,
@@ -290,10 +365,8 @@ def generator_loss(real_emb, fake_emb, real_keys, fake_keys, queue_keys,
   Returns:
     `(loss, metrics)`.
   """
-  jsd = gaussian_jsd(real_emb, fake_emb, eps,
-                     renormalize_mean=renormalize_mean)
-  real_sim, fake_sim = knn_similarities(real_keys, real_emb, fake_keys,
-                                        fake_emb, queue_keys, queue_emb, k=k,
-                                        skip_nearest_fake=skip_nearest_fake)
-  loss = jsd - knn_weight * fake_sim
-  return loss, dict(loss=loss, jsd=jsd, real_sim=real_sim, fake_sim=fake_sim)
+  return generator_objective(
+      DHalf(real_emb, real_keys), DHalf(fake_emb, fake_keys),
+      MemoryBank(queue_keys, queue_emb),
+      LossSettings(eps=eps, k=k, skip_nearest_fake=skip_nearest_fake,
+                   renormalize_mean=renormalize_mean, knn_weight=knn_weight))

@@ -12,8 +12,8 @@ from absl import app, flags, logging  # noqa: E402  (after the TF log level)
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sgan_jax import (checkpointing, cli, errors, evaluation, guards,  # noqa: E402
-                      progress, sharding, train)
+from sgan_jax import (checkpointing, cli, errors, guards, reporting,  # noqa: E402
+                      sharding, train)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -40,10 +40,7 @@ ERRORS = {
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  progress.quiet_library_logs()
-  cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
+  cache = cli.start(argv, FLAGS.compilation_cache_dir)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.distributed)
   logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
@@ -57,11 +54,11 @@ def main(argv):
   if cache is not None:
     logging.info(cache.summary())
   step = int(state.step)
-  results = evaluation.read_json(FLAGS.workdir, step)
+  results = reporting.read_results(FLAGS.workdir, step)
   if jax.process_index() == 0 and results is not None:
     print(f"\nEvaluation at step {step} "
-          f"({evaluation.results_path(FLAGS.workdir, step)}):\n"
-          + evaluation.format_table(results), flush=True)
+          f"({reporting.results_path(FLAGS.workdir, step)}):\n"
+          + reporting.format_table(results), flush=True)
 
 
 if __name__ == "__main__":

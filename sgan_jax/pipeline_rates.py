@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from sgan_jax import augment, dataset_builders, input_pipeline, sharding
+from sgan_jax import dataset_builders, device_augment, input_pipeline, sharding
 
 
 def loader_images_per_s(config, builder, workers: int, batches: int,
@@ -36,13 +36,13 @@ def loader_images_per_s(config, builder, workers: int, batches: int,
 
 
 def device_augment_images_per_s(config, source_shape, calls: int = 20) -> float:
-  """`sgan_jax.augment` alone on this backend's devices, in images/s, on a
+  """`sgan_jax.device_augment` alone on this backend's devices, in images/s, on a
   global batch of uint8 images of `source_shape` (H, W, C)."""
   mesh = sharding.make_mesh()
   images = jax.device_put(
       np.random.default_rng(0).integers(0, 256, (config.global_batch_size,) + tuple(source_shape),
                                         dtype=np.uint8), sharding.batch_sharding(mesh))
-  fn = augment.jitted(0, config.image_size, sharding.batch_sharding(mesh))
+  fn = device_augment.jitted(0, config.image_size, sharding.batch_sharding(mesh))
   fn(images, 0).block_until_ready()
   times = []
   for i in range(calls):

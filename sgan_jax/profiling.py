@@ -1,5 +1,6 @@
-"""Where a compiled step's time goes: a `jax.profiler` trace and its costliest
-operations (`python -m sgan_jax.benchmark ... --profile_dir=DIR`).
+"""Where time goes: the wall time since the process started (what a run's
+first step reports), and a compiled step's `jax.profiler` trace with its
+costliest operations (`python -m sgan_jax.benchmark ... --profile_dir=DIR`).
 
 The trace (open DIR in TensorBoard's profile plugin, or the `.trace.json.gz`
 in Perfetto) holds every XLA operation of the traced calls. `costliest_ops`
@@ -13,9 +14,25 @@ import gzip
 import json
 import os
 import re
+import time
 from typing import Callable, List, Tuple
 
 import jax
+
+_IMPORTED = time.time()
+
+
+def seconds_since_process_start() -> float:
+  """Wall seconds since this process started (Linux: from /proc; elsewhere:
+  since sgan_jax.profiling was imported)."""
+  try:
+    with open("/proc/self/stat") as f:
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, starttime
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError):
+    return time.time() - _IMPORTED
 
 
 def trace(call: Callable[[], object], calls: int, profile_dir: str) -> str:

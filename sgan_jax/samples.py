@@ -1,4 +1,5 @@
-"""Sample grids from G_ema, as PNG files and TensorBoard images."""
+"""G's samples: images of a batch of latents, and sample grids from G_ema as
+PNG files and TensorBoard images."""
 import functools
 import io
 
@@ -15,14 +16,14 @@ def fixed_latents(spec: StepSpec, seed: int, num: int = 64):
   """The same latents at every call, so that grids over a run are comparable."""
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5A3)
   # NumPy: the same host value on every process, replicated by jit.
-  return np.asarray(jax.random.normal(key, (num, spec.z_dim)))
+  return np.asarray(jax.random.normal(key, (num, spec.model.z_dim)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def generate_ema(spec: StepSpec, g_ema_params, g_state, z):
-  # G runs with batch statistics (as the reference always does); its state
-  # is read, not advanced.
-  return generate(spec, g_ema_params, g_state, z)[0]
+def generate_batch(spec: StepSpec, g_params, g_state, z):
+  """G(z) for one batch of latents. G runs with batch statistics (as the
+  reference always does); its state is read, not advanced."""
+  return generate(spec, g_params, g_state, z)[0]
 
 
 def make_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
@@ -45,8 +46,8 @@ def samples_path(workdir: storage.PathLike, step: int):
 
 def save_samples(state, z, workdir: storage.PathLike, logger=None):
   """Writes G_ema(z) as `workdir/samples/samples_<step>.png`; returns the path."""
-  images = jax.device_get(generate_ema(state.spec, state.g_ema_params,
-                                        state.g_state, z))
+  images = jax.device_get(generate_batch(state.spec, state.g_ema_params,
+                                          state.g_state, z))
   grid = make_grid(images)
   step = int(state.step)
   path = samples_path(workdir, step)

@@ -1,14 +1,18 @@
 """The train state: what changes during training (`TrainState`, arrays only)
 and what does not (`StepSpec`: network shapes, loss weights, optimisers).
 
-`StepSpec` is hashable and compared by value, so a state carrying it as static
-metadata goes through `jax.jit` without retracing, and two states built from
-the same config share one compiled step. docs/method.md §2 describes the
-networks, §4 what each field of the state is for.
+`StepSpec` mirrors the config: its sections `model`, `loss` and `optim` are
+`ModelSpec`, `LossSpec` and `OptimSpec`, whose fields are the config
+section's fields, read by name (`dataclasses.fields`); a field added to the
+config is added to its spec class, and nowhere else. Specs are frozen
+dataclasses, hashable and compared by value, so a state carrying one as
+static metadata goes through `jax.jit` without retracing, and two states
+built from the same config share one compiled step. docs/method.md §2
+describes the networks, §4 what each field of the state is for.
 """
 import dataclasses
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
 import flax
 import jax
@@ -17,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sgan_jax import sharding
+from sgan_jax import losses, sharding
 from sgan_jax.models import Discriminator, Generator
 from sgan_jax.utils import unit_rows
 
@@ -25,11 +29,24 @@ from sgan_jax.utils import unit_rows
 G_MUTABLE = ("batch_stats", "spectral")
 
 
+def _from_section(cls, section):
+  """An instance of the spec dataclass `cls` with each field read from the
+  config section of the same name; a nested spec class reads the
+  sub-section, lists become tuples (hashable)."""
+  values = {}
+  for field in dataclasses.fields(cls):
+    value = section[field.name]
+    if dataclasses.is_dataclass(field.type):
+      value = _from_section(field.type, value)
+    elif isinstance(value, list):
+      value = tuple(value)
+    values[field.name] = value
+  return cls(**values)
+
+
 @dataclasses.dataclass(frozen=True)
-class StepSpec:
-  """Static, hashable description of the networks, losses and optimisers."""
-  image_size: int
-  num_classes: int
+class ModelSpec:
+  """`config.model`: the networks' shapes and activation dtype."""
   d_widths: Tuple[int, ...]
   d_blocks_per_stage: int
   embed_dim: int
@@ -38,7 +55,11 @@ class StepSpec:
   g_depth: int
   z_dim: int
   compute_dtype: str
-  queue_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """`config.loss`: the objectives' settings and weights."""
   eps: float
   knn_k: int
   skip_nearest_fake: bool
@@ -48,6 +69,23 @@ class StepSpec:
   smoothness_weight: float
   norm_hinge_weight: float
   probe_weight: float
+
+  def settings(self) -> losses.LossSettings:
+    """The hyper-parameters both losses share, config names to loss names."""
+    return losses.LossSettings(
+        eps=self.eps, k=self.knn_k, skip_nearest_fake=self.skip_nearest_fake,
+        renormalize_mean=self.renormalize_mean, knn_weight=self.knn_weight)
+
+  def d_weights(self) -> losses.DWeights:
+    """The weights of D's own terms."""
+    return losses.DWeights(smoothness_weight=self.smoothness_weight,
+                           norm_hinge_weight=self.norm_hinge_weight,
+                           probe_weight=self.probe_weight)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  """`config.optim`: the optimisers and the EMA."""
   d_lr: float
   g_lr: float
   b1: float
@@ -55,33 +93,6 @@ class StepSpec:
   adam_eps: float
   d_weight_decay: float
   ema_decay: float
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSpec":
-    m, l, o = config.model, config.loss, config.optim
-    return cls(
-        image_size=config.image_size, num_classes=config.num_classes,
-        d_widths=tuple(m.d_widths), d_blocks_per_stage=m.d_blocks_per_stage,
-        embed_dim=m.embed_dim, channels_per_group=m.channels_per_group,
-        g_ch=m.g_ch, g_depth=m.g_depth, z_dim=m.z_dim,
-        compute_dtype=m.compute_dtype,
-        queue_size=config.queue_size, eps=l.eps, knn_k=l.knn_k,
-        skip_nearest_fake=l.skip_nearest_fake,
-        renormalize_mean=l.renormalize_mean, jacobian_iters=l.jacobian_iters,
-        knn_weight=l.knn_weight, smoothness_weight=l.smoothness_weight,
-        norm_hinge_weight=l.norm_hinge_weight, probe_weight=l.probe_weight,
-        d_lr=o.d_lr, g_lr=o.g_lr, b1=o.b1, b2=o.b2, adam_eps=o.adam_eps,
-        d_weight_decay=o.d_weight_decay, ema_decay=o.ema_decay)
-
-  def discriminator(self) -> Discriminator:
-    return Discriminator(self.image_size, self.d_widths,
-                         self.d_blocks_per_stage, self.embed_dim,
-                         self.num_classes, self.channels_per_group,
-                         jnp.dtype(self.compute_dtype))
-
-  def generator(self) -> Generator:
-    return Generator(self.image_size, self.g_ch, self.g_depth, self.z_dim,
-                     dtype=jnp.dtype(self.compute_dtype))
 
   def d_optimizer(self) -> optax.GradientTransformation:
     # Decoupled weight decay on every D and probe parameter, as torch AdamW.
@@ -91,12 +102,37 @@ class StepSpec:
   def g_optimizer(self) -> optax.GradientTransformation:
     return optax.adam(self.g_lr, self.b1, self.b2, self.adam_eps)
 
-  def loss_kwargs(self) -> Dict[str, Any]:
-    """The keywords that `discriminator_loss` and `generator_loss` share."""
-    return dict(eps=self.eps, k=self.knn_k,
-                skip_nearest_fake=self.skip_nearest_fake,
-                knn_weight=self.knn_weight,
-                renormalize_mean=self.renormalize_mean)
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Static, hashable description of the networks, losses and optimisers:
+  the config's top-level fields the step reads and its three sections."""
+  image_size: int
+  num_classes: int
+  queue_size: int
+  model: ModelSpec
+  loss: LossSpec
+  optim: OptimSpec
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSpec":
+    return _from_section(cls, config)
+
+  def with_compute_dtype(self, dtype: str) -> "StepSpec":
+    """This spec with the networks' activations in `dtype`."""
+    return dataclasses.replace(
+        self, model=dataclasses.replace(self.model, compute_dtype=dtype))
+
+  def discriminator(self) -> Discriminator:
+    m = self.model
+    return Discriminator(self.image_size, m.d_widths, m.d_blocks_per_stage,
+                         m.embed_dim, self.num_classes, m.channels_per_group,
+                         jnp.dtype(m.compute_dtype))
+
+  def generator(self) -> Generator:
+    m = self.model
+    return Generator(self.image_size, m.g_ch, m.g_depth, m.z_dim,
+                     dtype=jnp.dtype(m.compute_dtype))
 
 
 @flax.struct.dataclass
@@ -126,7 +162,7 @@ def init_discriminator(spec: StepSpec, key: jax.Array):
 def init_generator(spec: StepSpec, key: jax.Array):
   """G's parameters and state (batch statistics, spectral vectors), freshly
   initialised from `key`."""
-  g_vars = spec.generator().init(key, jnp.zeros((2, spec.z_dim)))
+  g_vars = spec.generator().init(key, jnp.zeros((2, spec.model.z_dim)))
   return g_vars["params"], {c: g_vars[c] for c in G_MUTABLE}
 
 
@@ -143,12 +179,12 @@ def _init_state(spec: StepSpec, rng: jax.Array) -> TrainState:
   copy = lambda t: jax.tree.map(jnp.copy, t)
   return TrainState(
       step=jnp.zeros((), jnp.int32), rng=rng,
-      d_params=d_params, d_opt_state=spec.d_optimizer().init(d_params),
+      d_params=d_params, d_opt_state=spec.optim.d_optimizer().init(d_params),
       d_ema_params=copy(d_params),
-      g_params=g_params, g_opt_state=spec.g_optimizer().init(g_params),
+      g_params=g_params, g_opt_state=spec.optim.g_optimizer().init(g_params),
       g_ema_params=copy(g_params), g_state=g_state,
-      queue_emb=_random_unit_rows(k_qe, (spec.queue_size, spec.embed_dim)),
-      queue_keys=_random_unit_rows(k_qk, (spec.queue_size, spec.d_widths[-1])),
+      queue_emb=_random_unit_rows(k_qe, (spec.queue_size, spec.model.embed_dim)),
+      queue_keys=_random_unit_rows(k_qk, (spec.queue_size, spec.model.d_widths[-1])),
       queue_ptr=jnp.zeros((), jnp.int32), spec=spec)
 
 
@@ -161,7 +197,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
   """
   spec = StepSpec.from_config(config)
   out = None if mesh is None else sharding.replicated(mesh)
-  # Jitted: eager init of G's many small layers costs seconds of dispatch.
+  # Jitted: eagerly, each of G's many small layers would be dispatched alone.
   return jax.jit(_init_state, static_argnums=0, out_shardings=out)(
       spec, np.asarray(rng))
 

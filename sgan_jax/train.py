@@ -1,9 +1,11 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Resumes from the workdir's newest checkpoint (or starts fresh), runs the
-jitted step (`sgan_jax.step`) over the input pipeline, and at the configured
-intervals logs metrics, writes G_ema sample grids, saves checkpoints and
-evaluates D's features (`sgan_jax.evaluation`). Stop signals and non-finite
+jitted step (`sgan_jax.step`) over the input pipeline, under
+`jax.transfer_guard("disallow")` (an implicit transfer between host and device
+is an error; the batches arrive on the device), and at the configured
+intervals (clu's periodic actions) logs metrics, writes G_ema sample grids,
+saves checkpoints and evaluates D's features (`sgan_jax.evaluation`). Stop signals and non-finite
 values are handled as `sgan_jax.guards` describes: nothing non-finite is ever
 saved, and a stop request ends the run with a checkpoint.
 """
@@ -15,10 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sgan_jax import (checkpointing, config_lib, dataset_builders, errors, evaluation,
-                      fid, guards,
-                      input_pipeline, metric_io, processes, progress, samples, sharding,
-                      storage, utils)
+from sgan_jax import (checkpointing, config_lib, dataset_builders, errors, evaluation, fid,
+                      guards, input_pipeline, metric_io, processes, profiling, progress,
+                      reporting, samples, sharding, storage)
 from sgan_jax.state import TrainState, abstract_train_state, create_train_state
 from sgan_jax.step import make_train_step
 
@@ -36,8 +37,22 @@ def _progress_line(step, total, images_per_s, seconds_left, metrics):
           f"{images_per_s:.1f} img/s | ETA {eta} | {losses_str}")
 
 
-def _due(step, every, total):
-  return step % every == 0 or step == total
+_JOBS = ("log", "sample", "checkpoint", "eval")
+
+
+def _periodic(config, kind: str, callback_fn):
+  """clu's periodic action for the job `kind` (one of `_JOBS`): due every
+  `<kind>_every_steps` steps and at the last step. Called after each step, in
+  order (`action(step, state=...)`), it runs `callback_fn(step=, t=, state=)`
+  when the job is due and returns whether it did; the first call after a
+  (re)start may be at any step."""
+  # Imported here, after metric_io (imported above) has loaded clu's metric
+  # writers without TensorFlow: periodic_actions imports them, and on its
+  # own would load TensorFlow with them.
+  from clu import periodic_actions  # pylint: disable=import-outside-toplevel
+  return periodic_actions.PeriodicCallback(
+      every_steps=config[f"{kind}_every_steps"], on_steps=[config.num_train_steps],
+      callback_fn=callback_fn)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -154,62 +169,100 @@ class _Trainer:
     config, total = self.config, self.config.num_train_steps
     self._batches = batches
     start = int(state.step)
-    sample_z = samples.fixed_latents(state.spec, config.seed)
+    self._sample_z = samples.fixed_latents(state.spec, config.seed)
     try:
-      self._catch_up(state, sample_z)
+      self._catch_up(state)
     except guards.StopRequested:
       return self._stop(state, saved=True)
     if start >= total:
       logging.info("Nothing to do: the checkpoint is at step %d of %d", start, total)
-    self._pending, unchecked = [], []
+    jobs = {kind: _periodic(config, kind, getattr(self, f"_{kind}")) for kind in _JOBS}
+    self._pending, self._unchecked = [], []
     self._t0, self._last_logged = time.time(), start
     for step in range(start + 1, total + 1):
       batch = next(batches)
       if step in self.skip_steps:
         batch = next(batches)
-      state, metrics = self.train_step(state, batch)
+      with jax.transfer_guard("disallow"):   # an implicit host transfer is an error
+        state, metrics = self.train_step(state, batch)
       self._pending.append(metrics)
-      unchecked.append((step, metrics))
+      self._unchecked.append((step, metrics))
       if step == start + 1:   # time steps, not compilation
         jax.block_until_ready(metrics)
         self._t0, self._last_logged = time.time(), step
         logging.info("Step %d done, %.1f s after the process started (imports, "
                      "dataset, initialisation and compilation included)", step,
-                     utils.seconds_since_process_start())
-      due = {k: _due(step, config[f"{k}_every_steps"], total)
-             for k in ("log", "sample", "checkpoint", "eval")}
+                     profiling.seconds_since_process_start())
       stopping = self.stop.check()
-      if any(due.values()) or stopping:
-        bad = guards.first_nonfinite(unchecked)
-        if bad is not None:
-          raise guards.NonFiniteError(*bad)
-        unchecked = []
-      if due["log"]:
-        self._log(step, total)
-      if due["sample"]:
-        samples.save_samples(state, sample_z, self.workdir, self.logger)
-      if due["checkpoint"]:
-        self.ckpt.save(state, batches.state)
       if stopping:
-        return self._stop(state, saved=due["checkpoint"])
-      if due["eval"]:
-        try:
-          self.evaluate(state, step, self.logger)
-        except guards.StopRequested:
-          return self._stop(state, saved=due["checkpoint"])
+        self._raise_if_nonfinite()
+      jobs["log"](step, state=state)
+      jobs["sample"](step, state=state)
+      saved = jobs["checkpoint"](step, state=state)
+      if stopping:
+        return self._stop(state, saved=saved)
+      try:
+        jobs["eval"](step, state=state)
+      except guards.StopRequested:
+        return self._stop(state, saved=saved)
     self.ckpt.wait()
     self.logger.flush()
     return state
 
-  def _catch_up(self, state, sample_z):
+  def _raise_if_nonfinite(self):
+    """Checks the metrics of the steps since the last check (before anything
+    is written): raises NonFiniteError naming the first non-finite one."""
+    bad = guards.first_nonfinite(self._unchecked)
+    if bad is not None:
+      raise guards.NonFiniteError(*bad)
+    self._unchecked = []
+
+  # The periodic jobs (`_periodic` calls them when due), in the order they run.
+
+  def _log(self, step: int, t: float, state: TrainState):
+    """Writes the means of the metrics since the last log, and the progress line."""
+    del t, state
+    self._raise_if_nonfinite()
+    total = self.config.num_train_steps
+    means = {k: float(np.mean(v)) for k, v in jax.device_get(
+        jax.tree.map(lambda *m: jnp.stack(m), *self._pending)).items()}
+    rate = max(step - self._last_logged, 1) / (time.time() - self._t0)
+    means["images_per_second"] = rate * self.config.global_batch_size
+    self.logger.scalars(step, means)
+    logging.info(_progress_line(step, total, means["images_per_second"],
+                                (total - step) / rate, means))
+    self._pending, self._t0, self._last_logged = [], time.time(), step
+
+  def _sample(self, step: int, t: float, state: TrainState):
+    """Writes G_ema's sample grid of the fixed latents."""
+    del step, t
+    self._raise_if_nonfinite()
+    samples.save_samples(state, self._sample_z, self.workdir, self.logger)
+
+  def _checkpoint(self, step: int, t: float, state: TrainState):
+    """Saves `state` with the loader's state (in the background)."""
+    del step, t
+    self._raise_if_nonfinite()
+    self.ckpt.save(state, self._batches.state)
+
+  def _eval(self, step: int, t: float, state: TrainState):
+    """Evaluates D's features (raises StopRequested on a stop request)."""
+    del t
+    self._raise_if_nonfinite()
+    self.evaluate(state, step, self.logger)
+
+  def _catch_up(self, state):
     """At a (re)start: the sample grid and evaluation due at the restored step
     that the previous run did not finish (e.g. killed during the final
     evaluation)."""
-    step, total = int(state.step), self.config.num_train_steps
-    due = lambda kind: step > 0 and _due(step, self.config[f"{kind}_every_steps"], total)
-    if due("sample") and not storage.exists(samples.samples_path(self.workdir, step)):
-      samples.save_samples(state, sample_z, self.workdir, self.logger)
-    if due("eval") and evaluation.read_json(self.workdir, step) is None:
+    step = int(state.step)
+    if step == 0:
+      return
+    if (_periodic(self.config, "sample", lambda **_: None)(step)
+        and not storage.exists(samples.samples_path(self.workdir, step))):
+      samples.save_samples(state, self._sample_z, self.workdir, self.logger)
+    if (_periodic(self.config, "eval", lambda **_: None)(step)
+        and reporting.read_results(self.workdir, step) is None):
       logging.info("Evaluating the restored step %d (its evaluation did not finish).", step)
       self.evaluate(state, step, self.logger)
 
@@ -222,14 +275,3 @@ class _Trainer:
     logging.warning("%s received: saved checkpoint %d in %s; exiting.",
                     self.stop.requested, step, self.ckpt.directory)
     return state
-
-  def _log(self, step: int, total: int):
-    """Writes the means of the metrics since the last log, and the progress line."""
-    means = {k: float(np.mean(v)) for k, v in jax.device_get(
-        jax.tree.map(lambda *m: jnp.stack(m), *self._pending)).items()}
-    rate = max(step - self._last_logged, 1) / (time.time() - self._t0)
-    means["images_per_second"] = rate * self.config.global_batch_size
-    self.logger.scalars(step, means)
-    logging.info(_progress_line(step, total, means["images_per_second"],
-                                (total - step) / rate, means))
-    self._pending, self._t0, self._last_logged = [], time.time(), step

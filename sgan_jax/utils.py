@@ -1,7 +1,5 @@
 """Array and tree helpers shared by the losses, the networks, the evaluators,
 checkpointing and the PyTorch interop (one definition each)."""
-import os
-import time
 from typing import Any, Callable, Dict, Tuple
 
 import jax
@@ -34,6 +32,15 @@ def path_names(tree) -> Dict[str, Any]:
   return {"/".join(path): leaf for path, leaf in flatten_paths(tree).items()}
 
 
+def pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+  """`rows` with zero rows appended along the first axis up to `size` rows
+  (one static shape, so one compilation serves every batch)."""
+  rows = np.asarray(rows)
+  if len(rows) >= size:
+    return rows
+  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)])
+
+
 def map_in_batches(fn: Callable, rows, batch: int) -> Tuple[np.ndarray, ...]:
   """`fn` (returning a tuple of row-major arrays) over `rows` in batches of
   exactly `batch` rows (the last one zero-padded, so one compilation serves
@@ -42,23 +49,7 @@ def map_in_batches(fn: Callable, rows, batch: int) -> Tuple[np.ndarray, ...]:
   for start in range(0, len(rows), batch):
     chunk = np.asarray(rows[start:start + batch])
     n = len(chunk)
-    if n < batch:
-      chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
+    chunk = pad_rows(chunk, batch)
     outs.append([np.asarray(o)[:n] for o in jax.device_get(fn(jnp.asarray(chunk)))])
   return tuple(np.concatenate(parts) for parts in zip(*outs))
 
-
-_IMPORTED = time.time()
-
-
-def seconds_since_process_start() -> float:
-  """Wall seconds since this process started (Linux: from /proc; elsewhere:
-  since sgan_jax.utils was imported)."""
-  try:
-    with open("/proc/self/stat") as f:
-      ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, starttime
-    with open("/proc/uptime") as f:
-      uptime = float(f.read().split()[0])
-    return uptime - ticks / os.sysconf("SC_CLK_TCK")
-  except (OSError, ValueError, IndexError):
-    return time.time() - _IMPORTED

@@ -1,5 +1,6 @@
-"""Shared fixtures: the tiny config, synthetic batches, mocked TFDS data and an
-offline-built digits dataset. Nothing heavy runs at import time.
+"""Shared fixtures: the tiny config, synthetic batches, mocked TFDS data, an
+offline-built digits dataset and a fake gs:// bucket (plain helpers:
+helpers.py). Nothing heavy runs at import time.
 
 The session shares one persistent JAX compilation cache (a fresh temporary
 directory), in this process and in the command lines the tests start: many
@@ -16,16 +17,19 @@ if importlib.util.find_spec("pytorch_fid"):   # only where the fidcheck extra is
   # torchvision crashes (segfault) when imported after TensorFlow.
   importlib.import_module("torchvision")
 
+from etils.epath import gpath
 import jax
-import numpy as np
+from orbax.checkpoint._src.path import gcs_utils
 import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking as tfds_mocking
 from tensorflow_datasets.testing import test_utils as tfds_test_utils
 
-from sgan_jax import benchmark, config_lib, dataset_builders
+from sgan_jax import dataset_builders, synthetic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import helpers
+from helpers import ROOT, load_tiny
+
 CONFIGS = os.path.join(ROOT, "configs")
 
 
@@ -43,13 +47,6 @@ def pytest_unconfigure(config):
   shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR", ""), ignore_errors=True)
 
 
-def load_tiny(**overrides):
-  """A fresh copy of configs/tiny.py with `overrides` (top-level fields)."""
-  config = config_lib.load_config(os.path.join(CONFIGS, "tiny.py"))
-  config.update(overrides)
-  return config
-
-
 @pytest.fixture(scope="session")
 def root():
   """The repository root (the CLIs run from there)."""
@@ -58,8 +55,10 @@ def root():
 
 @pytest.fixture(scope="session")
 def config_path():
-  """`config_path("tiny")` -> the path of configs/tiny.py."""
-  return lambda name: os.path.join(CONFIGS, f"{name}.py")
+  """`config_path("digits")` -> the path of configs/digits.py; `"tiny"`, the
+  tests' own config, is tests/configs/tiny.py."""
+  return lambda name: (helpers.TINY_CONFIG if name == "tiny"
+                       else os.path.join(CONFIGS, f"{name}.py"))
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +70,9 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def synthetic_batch():
   """`synthetic_batch(config, seed=1)` -> a batch of uniform images in [-1, 1]
-  and cyclic labels on the default device (the benchmark's batch)."""
-  return lambda config, seed=1, mesh=None: benchmark.synthetic_batch(config, mesh, seed)
+  and cyclic labels on the default device (the benchmark's batch,
+  `sgan_jax.synthetic`)."""
+  return lambda config, seed=1, mesh=None: synthetic.synthetic_batch(config, mesh, seed)
 
 
 class _RealDataDir:
@@ -151,8 +151,22 @@ def tiny_digits(digits_dir):
   return make
 
 
-def digits_as_images(pixels):
-  """scikit-learn digits rows ([N, 64], values 0-16) as [N, 16, 16, 3]
-  float32 images in [-1, 1] (each pixel repeated 2x2, grey as RGB)."""
-  images = np.asarray(pixels, np.float32).reshape(-1, 8, 8, 1) / 8.0 - 1.0
-  return np.repeat(np.repeat(np.repeat(images, 2, 1), 2, 2), 3, -1)
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """gs:// served from `tmp_path/store` for every client the project uses:
+  etils.epath (the project's files, Orbax's directories and metadata) and
+  TensorStore (Orbax's arrays, through the kvstore spec Orbax builds for
+  gs://). The test itself runs in an empty `tmp_path/cwd`."""
+  store, cwd = tmp_path / "store", tmp_path / "cwd"
+  store.mkdir()
+  cwd.mkdir()
+  fake = helpers.FakeGcsBackend(str(store))
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", fake)  # pylint: disable=protected-access
+  monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs",
+                      lambda p: {"driver": "file", "path": fake.local(p)})
+  monkeypatch.setattr(gcs_utils, "rmtree", lambda p, missing_ok=False: fake.rmtree(p))
+  # The bucket is flat (no hierarchical namespace): Orbax need not ask GCS.
+  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda p: False)
+  monkeypatch.chdir(cwd)
+  return store, cwd

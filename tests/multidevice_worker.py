@@ -19,14 +19,15 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sgan_jax import benchmark, checkpointing, config_lib, sharding  # noqa: E402
+from sgan_jax import checkpointing, config_lib, sharding  # noqa: E402
 from sgan_jax.state import abstract_train_state, create_train_state  # noqa: E402
 from sgan_jax.step import make_train_step  # noqa: E402
+from sgan_jax.synthetic import synthetic_batch  # noqa: E402
 
 
 def fixed_batch(config, step):
   """The global batch of `step` as host arrays (the same on every process)."""
-  return jax.device_get(benchmark.synthetic_batch(config, seed=100 + step))
+  return jax.device_get(synthetic_batch(config, seed=100 + step))
 
 
 # Biases of G's block convs feed batch norms (directly, or through residual
@@ -78,7 +79,7 @@ def load_npz(path):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--mode", required=True)
-  p.add_argument("--config", required=True, help="path of configs/tiny.py")
+  p.add_argument("--config", required=True, help="path of tests/configs/tiny.py")
   p.add_argument("--ckpt_in"), p.add_argument("--ckpt_out")
   p.add_argument("--npz_in"), p.add_argument("--npz_out")
   p.add_argument("--num_processes", type=int, default=1)

@@ -71,8 +71,8 @@ def cross_entropy(logits, labels):
 def discriminator_loss(real_emb, fake_emb, real_raw, real_keys, fake_keys,
                        queue_keys, queue_emb, sigma, logits, labels, eps=0.5,
                        k=1, skip_nearest_fake=True, w_knn=3.0, w_smooth=5.0,
-                       w_hinge=20.0, w_probe=1.0):
-  jsd = gaussian_jsd(real_emb, fake_emb, eps)
+                       w_hinge=20.0, w_probe=1.0, renormalize_mean=True):
+  jsd = gaussian_jsd(real_emb, fake_emb, eps, renormalize_mean)
   rs, fs = knn_similarities(real_keys, real_emb, fake_keys, fake_emb,
                             queue_keys, queue_emb, k, skip_nearest_fake)
   return (-jsd + w_knn * (-rs + fs) + w_smooth * smoothness_penalty(sigma)

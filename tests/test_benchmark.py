@@ -1,38 +1,15 @@
-"""The FLOP counter against hand counts, and the benchmark's JSON fields."""
+"""`sgan_jax.benchmark`: its variants of the step, its JSON fields, and the
+timing of the authors' step (`interop.timing`) it reports."""
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from sgan_jax import benchmark, config_lib, flops
+from sgan_jax import benchmark, config_lib, losses, step
 from sgan_jax.interop import timing
-from sgan_jax.models import Discriminator
-
-
-def conv(n, hw, k, cin, cout):
-  return 2 * n * hw * hw * k * k * cin * cout
-
-
-def test_flops_of_the_tiny_discriminator_match_a_hand_count():
-  n = 4
-  d = Discriminator(16, (8, 16, 16), 1, embed_dim=16, num_classes=10)
-  x = jnp.zeros((n, 16, 16, 3))
-  params = d.init(jax.random.PRNGKey(0), x)
-  expected = (conv(n, 16, 3, 3, 8)                                   # stem
-              + 2 * conv(n, 16, 3, 8, 8)                             # stage 1
-              + conv(n, 8, 3, 8, 16) + conv(n, 8, 3, 16, 16) + conv(n, 8, 1, 8, 16)
-              + 2 * conv(n, 4, 3, 16, 16) + conv(n, 4, 1, 16, 16)   # stage 3
-              + 2 * n * (16 * 16 + 16 * 16 + 16 * 10))               # head, probe
-  assert flops.count(d.apply, params, x) == expected
-
-
-def test_flops_of_a_gradient_include_the_backward_convolutions():
-  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 16))
-  f = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
-  one = conv(2, 8, 3, 3, 16)
-  assert flops.count(f, x, w) == one
-  assert flops.count(jax.grad(f, argnums=1), x, w) == 2 * one   # + weight grad
-  assert flops.count(jax.grad(f, argnums=(0, 1)), x, w) == 3 * one
+from sgan_jax.state import create_train_state
 
 
 @pytest.mark.slow   # compiles six variants of the step
@@ -86,26 +63,66 @@ def test_paired_figures():
   assert got["reference_images_per_s"] == pytest.approx(6.4)
 
 
-def test_profile_names_the_costliest_operations_and_their_source(tmp_path):
-  from sgan_jax import profiling
-  x = jax.random.normal(jax.random.PRNGKey(0), (384, 384))
-  compiled = jax.jit(lambda a: jnp.sort(a @ a, axis=1)).lower(x).compile()
-  trace_file = profiling.trace(lambda: compiled(x), 3, str(tmp_path))
-  assert trace_file.endswith(".trace.json.gz") and trace_file.startswith(str(tmp_path))
-  ops = profiling.costliest_ops(trace_file, compiled.as_text(), calls=3)
-  assert ops and all(s > 0 for s, _, _ in ops)
-  assert [s for s, _, _ in ops] == sorted((s for s, _, _ in ops), reverse=True)
-  # The matmul and the sort ran, each traced back to the JAX op it came from;
-  # the runtime's own events are not operations.
-  sources = [name for _, _, name in ops]
-  assert any(name.endswith("dot_general") for name in sources), ops
-  assert any(name.endswith("sort") for name in sources), ops
-  assert not any("Execute" in op for _, op, _ in ops), ops
+@pytest.fixture(scope="module")
+def tiny_inputs(tiny_config, synthetic_batch):
+  config = tiny_config()
+  state = jax.device_get(create_train_state(config, jax.random.PRNGKey(0)))
+  noise = step.draw_step_noise(state.spec, jax.random.PRNGKey(1), config.global_batch_size)
+  return state, synthetic_batch(config), noise
 
 
-def test_profile_reports_a_missing_trace(tmp_path, monkeypatch):
-  from sgan_jax import profiling
-  monkeypatch.setattr(jax.profiler, "start_trace", lambda d: None)
-  monkeypatch.setattr(jax.profiler, "stop_trace", lambda: None)
-  with pytest.raises(FileNotFoundError, match="no trace"):
-    profiling.trace(lambda: jnp.ones(2), 1, str(tmp_path))
+def test_the_no_jacobian_variant_is_the_d_loss_without_its_jacobian_term(tiny_inputs):
+  state, batch, noise = tiny_inputs
+  fake, _ = step.generate(state.spec, state.g_params, state.g_state, noise["z_d"])
+  both = jnp.concatenate([batch["image"], fake])
+
+  def d_loss(sigma_fn):
+    fn = jax.jit(functools.partial(step.d_loss, sigma_fn=sigma_fn))
+    return jax.device_get(fn(state, state.d_params, both, batch["label"], noise["u"]))
+  full, aux = d_loss(step.power_iteration)
+  without, aux1 = d_loss(benchmark.unit_sigma)
+  np.testing.assert_array_equal(aux1.sigma, 1)
+  assert aux1.metrics["smoothness"] == 0 and aux.metrics["smoothness"] > 0
+  for name in ("jsd", "real_sim", "fake_sim", "norm_hinge", "probe_ce"):
+    np.testing.assert_allclose(aux1.metrics[name], aux.metrics[name], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(aux1.outputs.embedding, aux.outputs.embedding, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(full - without,
+                             state.spec.loss.smoothness_weight * aux.metrics["smoothness"],
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_the_plain_step_trains_d_and_g_on_the_gaussian_term_alone(tiny_inputs):
+  """Adam's first moment after one step is (1 - b1) x the gradient: compared
+  with the gradients of +-gaussian_jsd written out here."""
+  state, batch, _ = tiny_inputs
+  spec, n = state.spec, batch["image"].shape[0]
+  after, metrics = jax.device_get(jax.jit(benchmark.plain_step)(state, batch))
+  assert metrics == {} and int(after.step) == 1
+  for field in ("d_ema_params", "g_ema_params", "queue_emb", "queue_keys", "queue_ptr",
+                "rng"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(after, field), getattr(state, field))
+  noise = step.draw_step_noise(spec, state.rng, n)
+  d_net = spec.discriminator()
+  emb = lambda p, x: d_net.apply({"params": p}, x).embedding
+
+  @jax.jit
+  def reference_grads(d_params, new_d_params):
+    fake, g_state = step.generate(spec, state.g_params, state.g_state, noise["z_d"])
+    both = jnp.concatenate([batch["image"], fake])
+    d_grad = jax.grad(lambda p: -losses.gaussian_jsd(
+        emb(p, both)[:n], emb(p, both)[n:], spec.loss.eps))(d_params)
+    real = emb(new_d_params, batch["image"])
+    g_grad = jax.grad(lambda p: losses.gaussian_jsd(real, emb(new_d_params, step.generate(
+        spec, p, g_state, noise["z_g"])[0]), spec.loss.eps))(state.g_params)
+    return d_grad, g_grad
+  d_grad, g_grad = jax.device_get(reference_grads(state.d_params, after.d_params))
+  b1 = spec.optim.b1
+
+  def close(moment, grad):
+    """Within 1e-3 of the tensor's largest entry; G's conv biases before a
+    batch norm have a gradient of rounding noise (0 in exact arithmetic),
+    held to an absolute 1e-6."""
+    expected = (1 - b1) * np.asarray(grad, np.float64)
+    assert np.max(np.abs(moment - expected)) <= 1e-3 * np.max(np.abs(expected)) + 1e-6
+  for mu, grad in ((after.d_opt_state[0].mu, d_grad), (after.g_opt_state[0].mu, g_grad)):
+    jax.tree.map(close, mu, grad)

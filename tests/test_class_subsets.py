@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 from sklearn.datasets import load_sample_images
 
-from sgan_jax import class_subsets, config_lib, dataset_builders, input_pipeline
+from sgan_jax import class_subsets, config_lib, dataset_builders, errors, input_pipeline
 from sgan_jax.datasets import folder_listing, image_folder
 
 # ImageNet-10 of DAC (Chang et al., 2017), as its repository lists it: king
@@ -98,7 +98,7 @@ def test_lists_are_parsed_from_strings_and_files_with_comments(tmp_path):
   assert class_subsets.tokens(str(path)) == ("n02085936", "n01440764", "n02056570")
   for bad, message in [("# nothing", "lists no classes"),
                        ("a,b,a", "lists a more than once")]:
-    with pytest.raises(config_lib.ConfigError, match=message):
+    with pytest.raises(errors.ConfigError, match=message):
       class_subsets.tokens(bad)
 
 
@@ -106,17 +106,17 @@ def test_names_win_over_ids_and_unknown_entries_are_named():
   names = ["0", "1", "10", "2", "cat"]      # a sorted folder of numbered classes
   assert class_subsets.resolve("10,2", names, "x") == (2, 3)   # the folders, not ids
   assert class_subsets.resolve("cat,1", names, "x") == (4, 1)
-  with pytest.raises(config_lib.ConfigError) as err:
+  with pytest.raises(errors.ConfigError) as err:
     class_subsets.resolve("cat,dog,7,n0", names, "image folder R")
   assert str(err.value).startswith("class_subset: dog, 7, n0 not among the 5 classes of "
                                    "image folder R")
   assert "\n" not in str(err.value)
-  with pytest.raises(config_lib.ConfigError, match="names one class twice"):
+  with pytest.raises(errors.ConfigError, match="names one class twice"):
     class_subsets.resolve("cat,4", names, "x")
 
 
 def test_the_count_must_match_num_classes(tiny_config):
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match="class_subset keeps 10 classes but num_classes is 3; pass "
                            "--config.num_classes=10"):
     config_lib.validate(tiny_config(class_subset="imagenet10", num_classes=3))
@@ -165,7 +165,7 @@ def test_an_unknown_class_is_refused_in_one_line_before_any_image_is_read(
     tmp_path, tfds_dir, tiny_config, monkeypatch):
   root = make_imagenet_like(tmp_path / "in", EXTRA, per_class=1)
   monkeypatch.setattr(image_folder, "read_image", lambda *a, **k: pytest.fail("read"))
-  with pytest.raises(config_lib.ConfigError) as err:
+  with pytest.raises(errors.ConfigError) as err:
     dataset_builders.get_builder(_config(tiny_config, root, "n01440764,n02056570", 2))
   assert str(err.value) == (
       f"class_subset: n02056570 not among the 2 classes of image folder {root}/train "
@@ -185,7 +185,7 @@ def test_a_class_missing_from_one_split_is_named(tmp_path, tfds_dir, tiny_config
 
 def test_a_tfds_subset_by_label_names_and_unknown_names(tiny_digits):
   config = tiny_digits(class_subset="8,zero,1", num_classes=3)
-  with pytest.raises(config_lib.ConfigError, match="class_subset: zero not among the 10 "
+  with pytest.raises(errors.ConfigError, match="class_subset: zero not among the 10 "
                                                    "classes of dataset 'sklearn_digits'"):
     dataset_builders.get_builder(config)
   config = tiny_digits(class_subset="8 1", num_classes=2)
@@ -232,11 +232,11 @@ def test_the_preparation_size_bounds_the_short_side_and_keeps_the_aspect(
 
 
 def test_a_prepare_size_below_image_size_is_refused(tiny_config):
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match="prepare_size 12 is below image_size 16: training would "
                            "enlarge every image; pass at least --config.prepare_size=16"):
     config_lib.validate(tiny_config(image_size=16, prepare_size=12))
-  with pytest.raises(config_lib.ConfigError, match="prepare_size must be at least -1"):
+  with pytest.raises(errors.ConfigError, match="prepare_size must be at least -1"):
     config_lib.validate(tiny_config(prepare_size=-2))
 
 

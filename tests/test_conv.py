@@ -27,7 +27,7 @@ def _rel(a, b):
 def _reference_conv_shapes():
   """(input shape, kernel shape) of every conv in one reference-config step,
   found by tracing the step (shapes only) with a recording conv2d. Traced on
-  first use (a few seconds), not at import."""
+  first use, not at import."""
   config = config_lib.reference_config()
   config.global_batch_size = 4
   seen = collections.Counter()

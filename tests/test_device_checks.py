@@ -15,8 +15,6 @@ import pytest
 
 import hidden_packages
 
-pytestmark = pytest.mark.slow
-
 # Installed here, absent on the GPU machine (the carried wheels bring them).
 ABSENT_THERE = [
     "tensorflow-cpu", "tensorflow", "tensorflow-datasets", "grain", "array-record",
@@ -35,6 +33,17 @@ def _python_without(folder):
   return path
 
 
+def test_the_device_script_times_nothing_itself(root):
+  """Every rate it reports is the benchmark's (`sgan_jax.benchmark`,
+  `pipeline_rates`): the script runs commands and copies their results."""
+  with open(os.path.join(root, ".ci", "device_checks")) as f:
+    script = f.read()
+  for timer in ("perf_counter", "time.time", "time.monotonic", "date +%", "augment"):
+    assert timer not in script.split("set -uo pipefail", 1)[1], timer
+  assert "-m sgan_jax.benchmark" in script and "--pipeline_batches" in script
+
+
+@pytest.mark.slow
 def test_the_device_script_rehearses_on_the_cpu_without_tensorflow(tmp_path, root):
   bundle, out = str(tmp_path / "bundle"), str(tmp_path / "out")
   python = _python_without(str(tmp_path / "py"))
@@ -64,6 +73,7 @@ def test_the_device_script_rehearses_on_the_cpu_without_tensorflow(tmp_path, roo
   bench = json.load(open(os.path.join(out, "bench_float32.json")))
   assert bench["images_per_s"] > 0 and bench["global_batch_size"] == 8
   assert bench["pipeline_uint8_w1_images_per_s"] > 0   # the folder's images share a shape
+  assert bench["device_augment_images_per_s"] > 0   # pipeline_rates' rate, not the script's
   evals = json.load(open(os.path.join(out, "evals.json")))
   assert len(evals) >= 4, sorted(evals)
   for results in evals.values():

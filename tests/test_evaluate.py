@@ -1,23 +1,32 @@
-"""Evaluators against known structure, NumPy brute force and scikit-learn."""
+"""Evaluators against known structure, NumPy brute force and scikit-learn;
+feature extraction and the training-time evaluator."""
+import collections
 import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import digits_as_images
-from sgan_jax import config_lib, dataset_builders, evaluation, input_pipeline, sharding, train
-from sgan_jax.evaluators import kmeans, knn, linear_models, linear_probe, svm
-from sgan_jax.state import create_train_state
+from helpers import digits_as_images
+from sgan_jax import (config_lib, dataset_builders, evaluation, evaluators, generator_eval,
+                      input_pipeline, reporting, sharding, train)
+from sgan_jax.evaluators import kmeans, knn, linear_probe, svm
+from sgan_jax.state import StepSpec, create_train_state, init_generator
 
 
 def eval_config(**overrides):
   config = config_lib.reference_config().eval
   config.update(overrides)
   return config
+
+
+def scores(evaluator_class, train, test, num_classes, config):
+  """`{metric: value}` of one evaluator's run."""
+  return dict(evaluator_class(num_classes, config).run(train, test))
 
 
 def gaussian_clusters(seed, per_class=30, classes=4, dim=16, spread=0.05):
@@ -31,12 +40,29 @@ def gaussian_clusters(seed, per_class=30, classes=4, dim=16, spread=0.05):
 def test_separated_clusters_are_recovered():
   x, y = gaussian_clusters(0)
   cfg = eval_config(knn_k=10)
-  assert knn.evaluate((x, y), (x, y), 4, cfg)["top1"] == 1.0
-  assert linear_probe.evaluate((x, y), (x, y), 4, cfg)["top1"] == 1.0
-  assert svm.evaluate((x, y), (x, y), 4, cfg)["top1"] == 1.0
-  scores = kmeans.evaluate(None, (x, y), 4, cfg)
-  assert scores["acc"] == 1.0 and scores["nmi"] == pytest.approx(1.0)
-  assert scores["ari"] == pytest.approx(1.0)
+  assert scores(knn.KNearestNeighbours, (x, y), (x, y), 4, cfg)["top1"] == 1.0
+  assert scores(linear_probe.LinearProbe, (x, y), (x, y), 4, cfg)["top1"] == 1.0
+  assert scores(svm.LinearSVM, (x, y), (x, y), 4, cfg)["top1"] == 1.0
+  clusters = scores(kmeans.SphericalKMeans, None, (x, y), 4, cfg)
+  assert clusters["acc"] == 1.0 and clusters["nmi"] == pytest.approx(1.0)
+  assert clusters["ari"] == pytest.approx(1.0)
+
+
+def test_evaluators_are_built_from_the_config_and_yield_their_declared_scores():
+  """`evaluators.SCORES` (the table's columns, the curve's panels) names
+  what each evaluator's `run` yields, in order; the linear models add `c`."""
+  x, y = gaussian_clusters(1)
+  cfg = eval_config(knn_k=10, evaluators=("svm", "knn"), svm_c=0.1)
+  built = evaluators.from_config(4, cfg)
+  assert list(built) == ["knn", "svm"]   # NAMES' order, only those configured
+  assert isinstance(built["svm"], svm.LinearSVM) and built["svm"].num_classes == 4
+  cfg.evaluators = evaluators.NAMES
+  for name, evaluator in evaluators.from_config(4, cfg).items():
+    yielded = [metric for metric, _ in evaluator.run((x, y), (x, y))]
+    extra = ["c"] if name in ("linear", "svm") else []
+    assert yielded == list(evaluators.SCORES[name]) + extra, name
+  with pytest.raises(ValueError, match="unknown evaluator 'svn'"):
+    evaluators.get("svn")
 
 
 def numpy_weighted_knn(train_x, train_y, test_x, k, temperature, classes):
@@ -103,22 +129,25 @@ def _linear_svc(c):
 
 
 @pytest.mark.parametrize("evaluator,loss,sklearn_model", [
-    (linear_probe, "softmax", _logistic), (svm, "squared_hinge", _linear_svc)])
-# CIFAR-sized inputs: scikit-learn's LinearSVC alone takes ~45 s on 2 cores.
+    (linear_probe.LinearProbe, "softmax", _logistic),
+    (svm.LinearSVM, "squared_hinge", _linear_svc)])
+# CIFAR-sized inputs: slow, for scikit-learn's LinearSVC above all.
 @pytest.mark.parametrize("data", ["digits", pytest.param("cifar_like", marks=pytest.mark.slow)])
 def test_linear_models_match_sklearn(evaluator, loss, sklearn_model, data):
   """At each C the full-batch solver reaches scikit-learn's accuracy (same
   objective), and with C chosen on held-out train rows it is within a point
   of scikit-learn tuned on the test split itself (an upper bound)."""
+  assert evaluator.loss == loss
   train, test = _digits_split() if data == "digits" else _cifar_like()
   cfg = eval_config()
   grid = cfg.c_grid if data == "digits" else (1e-4, 1e-3, 1e-2)
   reference = _sklearn_scores(sklearn_model, train, test, grid)
   for c in grid:
-    ours = linear_models.evaluate(train, test, 10, loss, c, cfg)["top1"]
-    assert abs(ours - reference[c]) <= 0.01, (c, ours, reference)
+    ours = scores(evaluator, train, test, 10, eval_config(**{evaluator.c_field: c}))
+    assert ours["c"] == c
+    assert abs(ours["top1"] - reference[c]) <= 0.01, (c, ours, reference)
   cfg.c_grid = grid
-  chosen = evaluator.evaluate(train, test, 10, cfg)
+  chosen = scores(evaluator, train, test, 10, cfg)
   assert chosen["c"] in grid
   assert chosen["top1"] >= max(reference.values()) - 0.01, (chosen, reference)
   if data == "cifar_like":   # the regime where C matters
@@ -128,14 +157,13 @@ def test_linear_models_match_sklearn(evaluator, loss, sklearn_model, data):
 def test_linear_model_config_fixes_c():
   train, test = _digits_split()
   cfg = eval_config(linear_c=0.001, svm_c=0.01)
-  assert linear_probe.evaluate(train, test, 10, cfg)["c"] == 0.001
-  assert svm.evaluate(train, test, 10, cfg)["c"] == 0.01
+  assert scores(linear_probe.LinearProbe, train, test, 10, cfg)["c"] == 0.001
+  assert scores(svm.LinearSVM, train, test, 10, cfg)["c"] == 0.01
 
 
 def test_svm_on_discriminator_features_matches_linear_svc(tiny_config):
   """A D feature set (a random-init tiny D's backbone on digits)."""
   import jax.numpy as jnp
-  from sgan_jax.state import StepSpec
   config = tiny_config()
   spec = StepSpec.from_config(config)
   params = evaluation.random_init_params(spec, 0, sharding.make_mesh())
@@ -145,7 +173,7 @@ def test_svm_on_discriminator_features_matches_linear_svc(tiny_config):
     return np.asarray(evaluation._d_features(spec, params, images)[0])
   train, test = (features(xtr), ytr), (features(xte), yte)
   cfg = eval_config(svm_c=0.1)
-  ours = svm.evaluate(train, test, 10, cfg)["top1"]
+  ours = scores(svm.LinearSVM, train, test, 10, cfg)["top1"]
   reference = _sklearn_scores(_linear_svc, train, test, [0.1])[0.1]
   assert abs(ours - reference) <= 0.01, (ours, reference)
 
@@ -177,12 +205,12 @@ def test_feature_extraction_padding_does_not_change_results(mock_tfds, tiny_conf
                                  rtol=1e-5, atol=1e-6)
   # ... and so are the evaluator results built on them.
   cfg = eval_config(knn_k=5, kmeans_restarts=2)
-  scores = [knn.evaluate((f["d"]["backbone"], y), (f["d"]["backbone"], y), 10, cfg)
-            for y, _, f in got]
-  assert all(s == scores[0] for s in scores)
+  knn_scores = [scores(knn.KNearestNeighbours, (f["d"]["backbone"], y),
+                       (f["d"]["backbone"], y), 10, cfg) for y, _, f in got]
+  assert all(s == knn_scores[0] for s in knn_scores)
 
 
-@pytest.mark.slow   # training, then a CLI evaluation: ~110 s on 2 cores
+@pytest.mark.slow   # training, then a CLI evaluation
 @pytest.mark.extra   # not in .ci/run: see setup.cfg
 def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path, tiny_digits, root):
   # sklearn_digits is built offline: no download check is involved.
@@ -233,11 +261,11 @@ def test_evaluate_cli_refuses_a_truncated_workdir_config_in_one_line(tmp_path, r
   assert "Traceback" not in out.stderr
 
 
-def test_an_older_runs_config_takes_todays_evaluation_settings(tmp_path):
+def test_an_older_runs_config_takes_todays_evaluation_settings(tmp_path, tiny_config):
   """A run started before the evaluation protocol changed (it has settings
   that no longer exist and lacks new ones) still evaluates; its training
   settings are kept."""
-  stored = json.loads(config_lib.load_config("tiny").to_json())
+  stored = json.loads(tiny_config().to_json())
   stored["eval"].pop("svm_c")
   stored["eval"]["probe_lr"] = 0.01
   stored["eval"]["knn_k"] = 7
@@ -270,21 +298,6 @@ def test_evaluators_setting_runs_only_those(tiny_config):
     config_lib.validate(config)
 
 
-def test_the_table_shows_g_and_fid_columns_only_when_measured():
-  results = {"d_ema/backbone/knn/top1": 0.5, "d_ema/backbone/svm/top1": 0.25,
-             "gen/classifier/test_top1": 0.9, "gen/g_ema/classifier_fd": 12.5,
-             "gen/real_train/classifier_fd": 1.5}
-  table = evaluation.format_table(results)
-  assert "0.2500" in table.splitlines()[2]   # the svm column of d_ema's row
-  g_ema = [l for l in table.splitlines() if l.startswith("g_ema")]
-  assert g_ema and "12.5000" in g_ema[0] and "fid " not in table.replace("_fd", "")
-  assert "test top-1 0.9000" in table
-  results.update({"gen/g_ema/fid": 33.0, "gen/g_ema/inception_score": 2.5})
-  table = evaluation.format_table(results)
-  assert "inception_score" in table and "33.0000" in table
-  assert "classifier_fd" not in evaluation.format_table({"d/embedding/knn/top1": 0.1})
-
-
 def _unwritable_folder(tmp_path):
   """A folder this process cannot write into: read-only by mode, or, for
   root (whom modes do not stop), a path on the read-only /sys."""
@@ -296,10 +309,11 @@ def _unwritable_folder(tmp_path):
   return "/sys/sgan_jax_evaluation_output"
 
 
-def test_evaluate_cli_refuses_an_unwritable_output_dir_before_computing(tmp_path, root):
+def test_evaluate_cli_refuses_an_unwritable_output_dir_before_computing(tmp_path, root,
+                                                                       tiny_config):
   workdir = tmp_path / "run"
   workdir.mkdir()
-  (workdir / "config.json").write_text(config_lib.load_config("tiny").to_json())
+  (workdir / "config.json").write_text(tiny_config().to_json())
   out_dir = _unwritable_folder(tmp_path)
   out = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate", f"--workdir={workdir}",
                         f"--output_dir={out_dir}", "--compilation_cache_dir="],
@@ -332,3 +346,61 @@ def test_raw_pixels_are_kept_as_uint8_and_the_baseline_sees_at_most_32x32(
     got = evaluation.baseline_pixels(rows, size)
     assert got.shape == (3, (size // f) ** 2 * 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, (want / 127.5 - 1.0).reshape(3, -1), atol=1e-6)
+
+
+def test_training_evaluator_computes_the_baselines_once(mock_tfds, tiny_config, tmp_path,
+                                                        monkeypatch):
+  """Two evaluations: the random-init D, G's classifier and the random-init
+  G are made once, the baselines' features are scored once, and the second
+  evaluation reports the first one's baseline values."""
+  config = tiny_config()
+  config.eval.evaluators = ("knn",)
+  config.model.embed_dim = 12   # unlike the backbone's width: the runs tell them apart
+  config.eval.classifier_epochs = 1
+  counts = collections.Counter()
+
+  def counted(name, fn):
+    def wrapper(*args, **kwargs):
+      counts[name] += 1
+      return fn(*args, **kwargs)
+    return wrapper
+  monkeypatch.setattr(evaluation, "random_init_params",
+                      counted("random_init D", evaluation.random_init_params))
+  monkeypatch.setattr(evaluation, "init_generator",
+                      counted("random_init G", evaluation.init_generator))
+  monkeypatch.setattr(generator_eval.ClassifierMetrics, "fit",
+                      counted("classifier", generator_eval.ClassifierMetrics.fit))
+  real_run = knn.KNearestNeighbours.run
+
+  def run(self, train, test):   # which model: by the feature width
+    counts["knn", train[0].shape[1]] += 1
+    return real_run(self, train, test)
+  monkeypatch.setattr(knn.KNearestNeighbours, "run", run)
+  # What the evaluator reads of a train state, made by the functions that it
+  # calls itself (so that their compilations are shared).
+  spec, mesh = StepSpec.from_config(config), sharding.make_mesh()
+  d_params = evaluation.random_init_params(spec, 1, mesh)
+  g_params, g_state = jax.jit(init_generator, static_argnums=0)(spec, jax.random.PRNGKey(1))
+  state = types.SimpleNamespace(spec=spec, d_params=d_params, d_ema_params=d_params,
+                                g_ema_params=g_params, g_state=g_state)
+  counts.clear()
+  with mock_tfds(num_examples=24):
+    evaluator = evaluation.TrainingEvaluator(config, dataset_builders.get_builder(config),
+                                             mesh, str(tmp_path))
+    first = evaluator(state, 1)
+    first_counts = dict(counts)
+    second = evaluator(state, 2)
+  backbone, embedding = config.model.d_widths[-1], config.model.embed_dim
+  pixels = config.image_size ** 2 * 3
+  # d_ema, d and random_init on both feature sets; raw pixels once.
+  assert first_counts == {"random_init D": 1, "random_init G": 1, "classifier": 1,
+                          ("knn", backbone): 3, ("knn", embedding): 3, ("knn", pixels): 1}
+  assert dict(counts) == {"random_init D": 1, "random_init G": 1, "classifier": 1,
+                          ("knn", backbone): 5, ("knn", embedding): 5, ("knn", pixels): 1}
+  assert set(first) == set(second)
+  for key in first:
+    if key.split("/")[0] in reporting.BASELINES or key.startswith(
+        ("gen/random_init/", "gen/real_", "gen/classifier/")):
+      assert second[key] == first[key], key
+  assert reporting.read_results(str(tmp_path), 2) == second
+  assert os.path.exists(tmp_path / reporting.CURVE_FILE)

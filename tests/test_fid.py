@@ -4,9 +4,11 @@ pytorch-fid's, and the way FID is enabled or skipped.
 
 The pytorch-fid comparisons need torch, torchvision and pytorch-fid, which do
 not fit beside the interop extra's CPU torch; they run in a venv with the
-`fidcheck` extra (README, "FID and Inception Score") and are skipped here
-otherwise, with that reason.
+`fidcheck` extra (docs/evaluation.md, "FID and Inception Score") and are skipped here
+when pytorch-fid is not installed, with that reason. Any other failure to
+import it (a broken torch or torchvision) fails them.
 """
+import importlib
 import os
 import pickle
 
@@ -14,19 +16,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from sgan_jax import config_lib, fid, generator_eval, inception, torch_files
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-try:
-  import pytorch_fid.inception as pfi   # noqa: F401
-  import torch
-  HAVE_PYTORCH_FID = True
-except Exception:   # ImportError, or torchvision's operator mismatch
-  HAVE_PYTORCH_FID = False
-needs_pytorch_fid = pytest.mark.skipif(
-    not HAVE_PYTORCH_FID, reason="needs pytorch-fid (pip install -e '.[fidcheck]' in a "
-    "separate venv, see README)")
+SKIP_REASON = ("needs pytorch-fid (pip install -e '.[fidcheck]' in a separate venv, "
+               "see docs/evaluation.md)")
+
+
+def import_or_skip(module: str, package: str = "pytorch_fid"):
+  """`module`, imported; skips the test only when `package` itself is not
+  installed (any other error propagates)."""
+  try:
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if e.name != package:
+      raise
+    pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture
+def pfi():
+  """pytorch-fid's inception module."""
+  return import_or_skip("pytorch_fid.inception")
+
+
+@pytest.fixture
+def torch(pfi):
+  del pfi   # pytorch-fid installed, torch must be
+  return importlib.import_module("torch")
+
+
+def test_only_pytorch_fids_absence_skips():
+  with pytest.raises(pytest.skip.Exception):
+    import_or_skip("no_such_package_here.inception", "no_such_package_here")
+  with pytest.raises(ModuleNotFoundError):   # a dependency missing: a failure
+    import_or_skip("no_such_package_here.inception", "pytorch_fid")
 
 
 @pytest.mark.parametrize("layout", ["zip", "legacy"])
@@ -56,7 +82,7 @@ def test_torch_files_refuses_a_pickle_that_runs_code(tmp_path):
 
 
 def _cheap_outputs(variables, images, batch):
-  """Stands in for the 299x299 network (minutes on a CPU): pool features
+  """Stands in for the 299x299 network (slow on a CPU): pool features
   are a fixed random projection of the pixels, probabilities their softmax."""
   flat = np.asarray(images, np.float64).reshape(len(images), -1)
   pool = np.tanh(flat @ variables)
@@ -65,17 +91,24 @@ def _cheap_outputs(variables, images, batch):
 
 
 def test_fid_of_a_set_against_itself_is_zero_and_the_train_stats_are_cached(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, tiny_config):
   monkeypatch.setattr(fid, "inception_outputs", _cheap_outputs)
-  config = config_lib.load_config("tiny")
+  config = tiny_config()
   projection = np.random.default_rng(0).standard_normal((16 * 16 * 3, 32)) * 0.05
   metrics = fid.InceptionMetrics(config, projection, tmp_path)
   rng = np.random.default_rng(1)
   real = rng.uniform(-1, 1, (200, 16, 16, 3)).astype(np.float32)
   metrics.fit(lambda: real)
   assert abs(metrics.score("same", real)["gen/same/fid"]) < 1e-9
-  other = metrics.score("other", np.clip(real * 0.3 + 0.5, -1, 1))
-  assert other["gen/other/fid"] > 0.1 and other["gen/other/inception_score"] >= 1
+  shifted = np.clip(real * 0.3 + 0.5, -1, 1)
+  other = metrics.score("other", shifted)
+  assert other["gen/other/fid"] > 0.1
+  # The Inception Score: exp(mean KL(p(y|x) || p(y))) per split of 10, averaged.
+  _, probs = _cheap_outputs(projection, shifted, None)
+  want = np.mean([np.exp(np.mean(scipy.stats.entropy(p, p.mean(0), axis=1)))
+                  for p in np.array_split(probs, 10)])
+  assert other["gen/other/inception_score"] == pytest.approx(want, rel=1e-6)
+  assert want > 1.01   # the splits' predictions are not all the same
   (cached,) = list(tmp_path.glob("fid_stats_*.npz"))
   assert cached.name == "fid_stats_cifar10_train_16.npz"
   again = fid.InceptionMetrics(config, projection, tmp_path)
@@ -83,15 +116,15 @@ def test_fid_of_a_set_against_itself_is_zero_and_the_train_stats_are_cached(
   np.testing.assert_array_equal(again.train_stats[1], metrics.train_stats[1])
 
 
-def test_without_weights_fid_is_skipped_with_a_message(caplog):
-  config = config_lib.load_config("tiny")
+def test_without_weights_fid_is_skipped_with_a_message(caplog, tiny_config):
+  config = tiny_config()
   with caplog.at_level("INFO"):
     assert fid.InceptionMetrics.create(config, "/nonexistent") is None
   assert "--config.eval.inception_weights=PATH" in caplog.text
 
 
-def test_a_missing_weights_file_is_a_config_error(tmp_path):
-  config = config_lib.load_config("tiny")
+def test_a_missing_weights_file_is_a_config_error(tmp_path, tiny_config):
+  config = tiny_config()
   config.eval.inception_weights = str(tmp_path / "nope.pth")
   with pytest.raises(config_lib.ConfigError, match="eval.inception_weights: no file at"):
     config_lib.validate(config)
@@ -104,9 +137,8 @@ def test_inception_score_limits():
   assert fid.inception_score(np.full((50, k), 1 / k)) == pytest.approx(1.0)
 
 
-@needs_pytorch_fid
 def test_frechet_distance_matches_pytorch_fid():
-  from pytorch_fid.fid_score import calculate_frechet_distance
+  calculate_frechet_distance = import_or_skip("pytorch_fid.fid_score").calculate_frechet_distance
   rng = np.random.default_rng(0)
   for dim in (8, 64):
     a, b = rng.standard_normal((2, dim, 3 * dim))
@@ -116,7 +148,7 @@ def test_frechet_distance_matches_pytorch_fid():
     assert generator_eval.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-6)
 
 
-def _pytorch_fid_model_with_random_weights(seed=0):
+def _pytorch_fid_model_with_random_weights(pfi, torch, seed=0):
   """pytorch-fid's FID InceptionV3, built as `fid_inception_v3` builds it
   but with random weights instead of the downloaded ones."""
   torch.manual_seed(seed)
@@ -140,7 +172,7 @@ def _pytorch_fid_model_with_random_weights(seed=0):
   return net
 
 
-def _calibrated_reference(net, images01):
+def _calibrated_reference(pfi, torch, net, images01):
   """pytorch-fid's wrapper around `net`, with each batch norm's statistics
   set from one pass over `images01`: every layer then keeps its input's
   variation, so that the 2048-d features depend on the image (with
@@ -153,15 +185,14 @@ def _calibrated_reference(net, images01):
   return reference.eval()
 
 
-@needs_pytorch_fid
-def test_flax_inception_matches_pytorch_fid(tmp_path, monkeypatch):
-  net = _pytorch_fid_model_with_random_weights()
+def test_flax_inception_matches_pytorch_fid(tmp_path, monkeypatch, pfi, torch):
+  net = _pytorch_fid_model_with_random_weights(pfi, torch)
   monkeypatch.setattr(pfi, "fid_inception_v3", lambda: net)
   rng = np.random.default_rng(1)
   # NCHW in [0, 1], smooth at the 8x8 scale as natural images are.
   images01 = np.repeat(np.repeat(rng.uniform(0, 1, (6, 3, 8, 8)), 4, 2), 4, 3)
   images01 = (images01 + 0.1 * rng.uniform(0, 1, images01.shape)).astype(np.float32) / 1.1
-  reference = _calibrated_reference(net, images01)
+  reference = _calibrated_reference(pfi, torch, net, images01)
   path = tmp_path / "random_pt_inception.pth"
   torch.save(net.state_dict(), path)
   with torch.no_grad():

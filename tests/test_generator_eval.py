@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from conftest import digits_as_images
+from helpers import digits_as_images
 from sgan_jax import generator_eval
 from sgan_jax.state import StepSpec, init_generator
 
@@ -55,5 +55,10 @@ def test_classifier_metric_separates_real_from_random_g(tiny_config):
   assert scores["gen/random_init/classifier_fd"] > 10 * reference["gen/real_train/classifier_fd"]
   assert reference["gen/real_train/classifier_score"] > 5   # of 10 classes
   assert scores["gen/random_init/classifier_score"] < 3
-  # Scoring is a pure function of the images.
-  assert metrics.score("again", images[te]) == metrics.score("again", images[te])
+  # The test images themselves: the test split's own statistics (distance 0)
+  # and its own score.
+  itself = metrics.score("real_test", images[te])
+  assert abs(itself["gen/real_test/classifier_fd"]) < 1e-6 * reference[
+      "gen/real_train/classifier_fd"]
+  assert itself["gen/real_test/classifier_score"] == pytest.approx(
+      reference["gen/real_test/classifier_score"], rel=1e-9)

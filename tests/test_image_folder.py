@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sgan_jax import config_lib, curves, dataset_builders, errors, input_pipeline, train
+import helpers
+from sgan_jax import config_lib, dataset_builders, errors, input_pipeline, reporting, train
 from sgan_jax.datasets import folder_listing, image_folder
 
 CLASSES = ("cat", "dog", "ant")   # not in sorted order on purpose
@@ -112,10 +113,10 @@ def test_bad_folders_are_refused_in_one_line_naming_the_place(
 
 def test_folder_config_errors(tmp_path, tfds_dir, tiny_config):
   root = make_folder(tmp_path / "d")
-  with pytest.raises(config_lib.ConfigError, match="num_classes is 10 but image folder "
+  with pytest.raises(errors.ConfigError, match="num_classes is 10 but image folder "
                      f"{root} has 3 classes; pass --config.num_classes=3"):
     dataset_builders.get_builder(tiny_config(dataset="image_folder", data_dir=root))
-  with pytest.raises(config_lib.ConfigError, match="needs --config.data_dir=ROOT"):
+  with pytest.raises(errors.ConfigError, match="needs --config.data_dir=ROOT"):
     config_lib.validate(tiny_config(dataset="image_folder"))
   with pytest.raises(image_folder.ImageFolderError, match="does not exist"):
     dataset_builders.get_builder(folder_config(tiny_config, str(tmp_path / "nowhere")))
@@ -163,7 +164,7 @@ def test_train_and_evaluate_an_image_folder_through_the_clis(tmp_path, tfds_dir,
   with open(os.path.join(workdir, dataset_builders.CLASSES_FILE)) as f:
     assert json.load(f) == ["ant", "cat", "dog"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2", "3"]
-  assert [s for s, _ in curves.read_all(workdir)] == [3]
+  assert [s for s, _ in reporting.read_all_results(workdir)] == [3]
 
   # --all_steps: the two checkpoints without an evaluation, then the curve.
   ev = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate", f"--workdir={workdir}",
@@ -171,17 +172,25 @@ def test_train_and_evaluate_an_image_folder_through_the_clis(tmp_path, tfds_dir,
                       capture_output=True, text=True, cwd=root, timeout=600, env=env)
   assert ev.returncode == 0, ev.stderr[-3000:]
   assert "2 checkpoint(s) to evaluate: [1, 2]" in ev.stdout
-  evals = curves.read_all(workdir)
+  evals = reporting.read_all_results(workdir)
   assert [s for s, _ in evals] == [1, 2, 3]
   for _, results in evals:
     assert 0 <= results["d_ema/backbone/knn/top1"] <= 1
     assert 0 <= results["d_ema/backbone/svm/top1"] <= 1
-  # The baselines were computed once, by one evaluator, for both new steps.
+  # The baselines were computed once, by one evaluator, for both new steps
+  # (each fit logs one line; D_ema's come once per step).
+  assert ev.stderr.count("Evaluating checkpoint") == 2
+  assert ev.stderr.count("d_ema backbone knn:") == 2
+  assert ev.stderr.count("random_init backbone knn:") == 1
+  assert ev.stderr.count("raw_pixels pixels knn:") == 1
   for key in ("random_init/backbone/knn/top1", "raw_pixels/pixels/knn/top1"):
     assert evals[0][1][key] == evals[1][1][key]
-  assert ev.stderr.count("Evaluating checkpoint") == 2
-  with Image.open(os.path.join(workdir, curves.FILE)) as im:
-    assert im.format == "PNG" and im.size[0] > 4 * im.size[1] > 0
+  # One panel per evaluator score of the newest evaluation, and G's if any.
+  newest = evals[-1][1]
+  drawn = sum(any(metric in k for k in newest) for metric, _ in reporting.CURVE_PANELS)
+  drawn += any(k.startswith("gen/g_ema/") for k in newest)
+  assert drawn >= 2
+  assert helpers.panels_in_png(os.path.join(workdir, reporting.CURVE_FILE)) == drawn
   again = subprocess.run([sys.executable, "-m", "sgan_jax.evaluate",
                           f"--workdir={workdir}", "--all_steps"],
                          capture_output=True, text=True, cwd=root, timeout=600, env=env)

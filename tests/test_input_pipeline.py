@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from sgan_jax import checkpointing, dataset_builders, host_images, input_pipeline, sharding
+from sgan_jax import (checkpointing, dataset_builders, errors, host_images, input_pipeline,
+                      sharding)
 
 
 def _tagged_records(n, size=8):
@@ -147,7 +148,7 @@ def test_a_prepared_dataset_folder_is_read_without_its_builder(tiny_digits, tiny
   b = input_pipeline.records(tiny_digits(), built, "test")
   assert len(a) == len(b) == 297
   np.testing.assert_array_equal(a[5]["image"], b[5]["image"])
-  with pytest.raises(input_pipeline.config_lib.ConfigError, match="has no dataset_info.json"):
+  with pytest.raises(errors.ConfigError, match="has no dataset_info.json"):
     dataset_builders.get_builder(tiny_config(dataset="prepared", data_dir=os.path.dirname(str(built.data_dir))))
 
 

@@ -165,6 +165,29 @@ def test_injected_spectral_vectors_drive_g(tiny_state):
   np.testing.assert_allclose(after.g_state["spectral"]["latent"]["u"], u, rtol=1e-5, atol=1e-6)
 
 
+def test_step_inputs_in_the_authors_layout_and_as_the_steps():
+  from sgan_jax.interop import comparison
+  spec = StepSpec.from_config(config_lib.reference_config())
+  inputs = comparison.draw_step_inputs(np.random.default_rng(0), spec, 4, np.float32)
+  images, labels, z_d, z_g, u = inputs
+  assert images.shape == (4, 3, 32, 32) and images.dtype == np.float32
+  assert -1 <= images.min() and images.max() <= 1
+  assert labels.dtype == np.int32 and 0 <= labels.min() and labels.max() < spec.num_classes
+  assert z_d.shape == z_g.shape == (4, spec.model.z_dim) and z_g.dtype == np.float32
+  assert u.shape == (8, spec.model.embed_dim)
+  f64 = comparison.draw_step_inputs(np.random.default_rng(0), spec, 4)   # the default
+  assert [a.dtype for a in f64] == [np.float64, np.int32, np.float64, np.float64, np.float64]
+  batch, noise = comparison.jax_inputs(inputs, np.float64)
+  np.testing.assert_array_equal(batch["image"][2, 5, 7], images[2, :, 5, 7])   # NCHW -> NHWC
+  np.testing.assert_array_equal(batch["label"], labels)
+  for name, drawn in (("z_d", z_d), ("z_g", z_g), ("u", u)):
+    assert noise[name].dtype == np.float64
+    np.testing.assert_array_equal(noise[name], drawn)
+  assert batch["image"].dtype == np.float64
+  batch, noise = comparison.jax_inputs(f64)   # no dtype: as drawn
+  assert noise["z_d"] is f64[2] and batch["image"].dtype == np.float64
+
+
 # ------------------------------------------------ parity with the authors' code
 
 OFFICIAL_DIR = os.environ.get("OFFICIAL_DIR")
@@ -207,11 +230,11 @@ def test_many_steps_stay_with_the_authors_code_in_float64():
 @needs_official
 def test_exported_state_loads_into_the_authors_models_and_computes_the_same():
   import torch
-  from sgan_jax.interop import parity
+  from sgan_jax.interop import reference
   config = config_lib.reference_config()
   config.global_batch_size = 4
   spec = StepSpec.from_config(config)
-  trainer = parity.ReferenceTrainer(parity.import_reference(OFFICIAL_DIR), spec, seed=3)
+  trainer = reference.ReferenceTrainer(reference.import_reference(OFFICIAL_DIR), spec, seed=3)
   state = jax.device_get(create_train_state(config, jax.random.PRNGKey(7)))
   dicts = pytorch.state_to_torch(state)
   to_t = lambda sd: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}

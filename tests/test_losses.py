@@ -193,6 +193,54 @@ def test_discriminator_and_generator_loss_match_numpy(x64, n, m, c):
                                    eps=0.3, k=2, w_knn=2.0), x64)
 
 
+def test_structured_and_keyword_forms_agree_exactly():
+  """`discriminator_objective`/`generator_objective` on named tuples give
+  the very values of `discriminator_loss`/`generator_loss` on arrays."""
+  rng = np.random.default_rng(11)
+  a = {k: jnp.asarray(v) for k, v in _loss_inputs(rng, 9, 7, 6, 8, 20).items()}
+  settings = losses.LossSettings(eps=0.3, k=2, skip_nearest_fake=False,
+                                 renormalize_mean=False, knn_weight=2.0)
+  weights = losses.DWeights(smoothness_weight=4.0, norm_hinge_weight=10.0,
+                            probe_weight=0.5)
+  real = losses.DHalf(a["real_emb"], a["real_keys"], a["real_raw"], a["logits"])
+  fake = losses.DHalf(a["fake_emb"], a["fake_keys"])
+  bank = losses.MemoryBank(a["queue_keys"], a["queue_emb"])
+  static = ("k", "skip_nearest_fake", "renormalize_mean")
+  d_struct = jax.jit(losses.discriminator_objective, static_argnums=5)(
+      real, fake, bank, a["sigma"], a["labels"], settings, weights)
+  d_keyword = jax.jit(losses.discriminator_loss, static_argnames=static)(
+      a["real_emb"], a["fake_emb"], a["real_raw"], a["real_keys"], a["fake_keys"],
+      a["queue_keys"], a["queue_emb"], a["sigma"], a["logits"], a["labels"],
+      **settings._asdict(), **weights._asdict())
+  g_struct = jax.jit(losses.generator_objective, static_argnums=3)(
+      losses.DHalf(a["real_emb"], a["real_keys"]), fake, bank, settings)
+  g_keyword = jax.jit(losses.generator_loss, static_argnames=static)(
+      a["real_emb"], a["fake_emb"], a["real_keys"], a["fake_keys"], a["queue_keys"],
+      a["queue_emb"], **settings._asdict())
+  for struct, keyword in ((d_struct, d_keyword), (g_struct, g_keyword)):
+    assert jax.tree.structure(struct) == jax.tree.structure(keyword)
+    jax.tree.map(np.testing.assert_array_equal, struct, keyword)
+  # And the keyword form is the loss the NumPy reference computes.
+  expected = ref.discriminator_loss(
+      *[np.asarray(a[k]) for k in ("real_emb", "fake_emb", "real_raw", "real_keys",
+                                   "fake_keys", "queue_keys", "queue_emb", "sigma",
+                                   "logits")], np.asarray(a["labels"]), eps=0.3, k=2,
+      w_knn=2.0, w_smooth=4.0, w_hinge=10.0, w_probe=0.5, skip_nearest_fake=False,
+      renormalize_mean=False)
+  np.testing.assert_allclose(d_keyword[0], expected, rtol=1e-4)
+
+
+def test_public_names():
+  """`__all__` lists every loss function and the structured form's types,
+  each defined in the module."""
+  assert {"gaussian_jsd", "knn_similarities", "jacobian_sigma", "power_iteration_sigma",
+          "smoothness_penalty", "norm_hinge", "discriminator_loss", "generator_loss",
+          "discriminator_objective", "generator_objective", "DHalf", "MemoryBank",
+          "LossSettings", "DWeights"} == set(losses.__all__)
+  for name in losses.__all__:
+    assert getattr(losses, name).__module__ == losses.__name__, name
+
+
 def test_float_hyperparameters_may_be_traced():
   rng = np.random.default_rng(2)
   a = _loss_inputs(rng, 6, 6, 4, 4, 12)

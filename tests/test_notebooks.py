@@ -5,6 +5,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from helpers import TINY_CONFIG
+
 pytestmark = pytest.mark.slow   # a kernel that trains; see .ci/run
 
 def execute(root, name, parameters, cwd):
@@ -33,7 +35,7 @@ def images_shown(nb):
 def test_colab_then_explore_notebooks(tmp_path, root):
   workdir = str(tmp_path / "run")
   colab = execute(root, "colab_tpu.ipynb", {
-      "CONFIG": "tiny", "WORKDIR": workdir,
+      "CONFIG": TINY_CONFIG, "WORKDIR": workdir,
       "REQUIRE_TPU": False, "COMPILATION_CACHE": str(tmp_path / "xla"),
       "OVERRIDES": {"dataset": "sklearn_digits", "data_dir": str(tmp_path / "tfds"),
                     "eval.knn_k": 20}}, str(tmp_path))

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import TINY_CONFIG
 import multidevice_worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,7 +93,8 @@ def _cli_pair(root, workdir, data_dir, port, *flags):
   env.pop("XLA_FLAGS", None)
   procs = []
   for i in range(2):
-    cmd = [sys.executable, "-m", "sgan_jax.main", "--config=tiny", f"--workdir={workdir}",
+    cmd = [sys.executable, "-m", "sgan_jax.main", f"--config={TINY_CONFIG}",
+           f"--workdir={workdir}",
            "--config.dataset=sklearn_digits", f"--config.data_dir={data_dir}",
            "--config.log_every_steps=1", "--config.eval_every_steps=1000",
            # What is checked is the stop and the resume: a cheap final evaluation.
@@ -172,7 +174,8 @@ def _pair_until_exit(root, tmp_path, workdirs, data_flags, env=None):
   env.pop("XLA_FLAGS", None)
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "sgan_jax.main", "--config=tiny", f"--workdir={workdirs[i]}",
+      [sys.executable, "-m", "sgan_jax.main", f"--config={TINY_CONFIG}",
+       f"--workdir={workdirs[i]}",
        *data_flags[i], f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
        f"--process_id={i}"],
       env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

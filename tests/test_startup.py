@@ -69,8 +69,8 @@ def test_second_benchmark_start_loads_the_step(tmp_path, root, config_path):
 
 
 def test_seconds_since_process_start_counts_from_the_process_not_the_import():
-  code = ("import time; time.sleep(1.5); from sgan_jax import utils; "
-          "print(utils.seconds_since_process_start())")
+  code = ("import time; time.sleep(1.5); from sgan_jax import profiling; "
+          "print(profiling.seconds_since_process_start())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True).stdout
   assert 1.5 <= float(out) < 60

@@ -1,152 +1,123 @@
-"""One real training step on the tiny config (docs/method.md §4)."""
+"""The training loop (`sgan_jax.train`): a run's outputs, an exact resume,
+errors before any compute, the periodic jobs' schedule, and no implicit host
+transfer in the step."""
+import os
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgan_jax import step
+from sgan_jax import checkpointing, dataset_builders, errors, train
 from sgan_jax.state import create_train_state
 
-train_step = step.make_train_step()
+from helpers import check_outputs, read_metrics
 
 
-@pytest.fixture(scope="module")
-def stepped(tiny_config, synthetic_batch):
+def test_tiny_end_to_end_on_mock_cifar(tmp_path, mock_tfds, tiny_config):
   config = tiny_config()
-  state = create_train_state(config, jax.random.PRNGKey(0))
-  before = jax.device_get(state)       # host copy: the step donates `state`
-  batch = synthetic_batch(config)
-  after, metrics = train_step(state, batch)
-  return config, before, jax.device_get(after), jax.device_get(metrics), batch
+  with mock_tfds():
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == config.num_train_steps
+  check_outputs(str(tmp_path), [2, 4], config)
 
 
-def _leaves_changed(a, b):
-  return [not np.array_equal(x, y) for x, y in
-          zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+def test_resume_continues_exactly(tmp_path, mock_tfds, tiny_config):
+  full, split = str(tmp_path / "full"), str(tmp_path / "split")
+  with mock_tfds():
+    train.train_and_evaluate(tiny_config(log_every_steps=1), full)
+    stopped = jax.device_get(train.train_and_evaluate(
+        tiny_config(log_every_steps=1, num_train_steps=2), split))
+  # The checkpoint holds exactly the state the run stopped with.
+  ckpt = checkpointing.Checkpointer(split, 3)
+  fresh = create_train_state(tiny_config(), jax.random.PRNGKey(123))
+  restored = jax.device_get(ckpt.restore(fresh))
+  ckpt.close()
+  for name in ("d_params", "d_opt_state", "d_ema_params", "g_params",
+               "g_opt_state", "g_ema_params", "g_state", "queue_emb",
+               "queue_keys", "queue_ptr", "rng", "step"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(stopped, name),
+                 getattr(restored, name))
+  with mock_tfds():
+    resumed = train.train_and_evaluate(tiny_config(log_every_steps=1), split)
+  assert int(resumed.step) == 4
+  a, b = read_metrics(full), read_metrics(split)
+  assert [m["step"] for m in b] == [1, 2, 3, 4]   # resumed at step 2, no repeats
+  for x, y in zip(a, b):
+    for key in x:
+      if key != "images_per_second":
+        assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
 
 
-def test_step_counters_and_rng(stepped):
-  _, before, after, _, _ = stepped
-  assert int(after.step) == 1
-  assert not np.array_equal(before.rng, after.rng)
+def test_missing_dataset_fails_at_once_with_instructions(tmp_path, monkeypatch,
+                                                        tiny_config):
+  monkeypatch.setattr(dataset_builders, "_can_download", lambda: False)
+  data_dir = str(tmp_path / "empty")
+  config = tiny_config(dataset="cifar100", num_classes=100, data_dir=data_dir)
+  with pytest.raises(dataset_builders.DatasetUnavailableError) as err:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  msg = str(err.value)
+  assert "'cifar100'" in msg and data_dir in msg and "tfds build cifar100" in msg
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-def test_step_updates_both_networks(stepped):
-  _, before, after, _, _ = stepped
-  assert all(_leaves_changed(before.d_params, after.d_params))  # AdamW decays all
-  changed = _leaves_changed(before.g_params, after.g_params)
-  assert np.mean(changed) > 0.9
-  # G's batch-norm and spectral-norm state advance in training mode.
-  assert all(_leaves_changed(before.g_state["spectral"], after.g_state["spectral"]))
-  assert all(_leaves_changed(before.g_state["batch_stats"],
-                             after.g_state["batch_stats"]))
+@pytest.mark.parametrize("overrides,message", [
+    (dict(global_batch_size=12), "queue_size 32 must be a positive multiple of global_batch_size 12"),
+    (dict(queue_size=36), "queue_size 36 must be a positive multiple of global_batch_size 8"),
+])
+def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, message,
+                                          tiny_config):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled before validating")
+  monkeypatch.setattr(train, "create_train_state", no_compile)
+  monkeypatch.setattr(dataset_builders, "get_builder", no_compile)
+  with pytest.raises(errors.ConfigError, match=message):
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+  assert not os.listdir(tmp_path)
 
 
-def test_step_updates_emas_with_momentum(stepped):
-  config, before, after, _, _ = stepped
-  m = config.optim.ema_decay
-  for old, new, ema in [(before.d_ema_params, after.d_params, after.d_ema_params),
-                        (before.g_ema_params, after.g_params, after.g_ema_params)]:
-    jax.tree.map(lambda o, p, e: np.testing.assert_allclose(
-        e, m * o + (1 - m) * p, rtol=1e-6, atol=1e-7), old, new, ema)
-  # Before the first step the EMAs equal the networks.
-  jax.tree.map(np.testing.assert_array_equal, before.d_params, before.d_ema_params)
+def test_the_periodic_jobs_run_every_n_steps_and_at_the_last(tiny_config):
+  config = tiny_config(num_train_steps=7, log_every_steps=3)
+  calls = []
+  log = train._periodic(config, "log", lambda step, t, **kw: calls.append((step, kw)))
+  assert [log(step, state=step) for step in range(1, 8)] == [
+      False, False, True, False, False, True, True]
+  assert calls == [(3, {"state": 3}), (6, {"state": 6}), (7, {"state": 7})]
+  # After a restart the first call may be at any step, due or not.
+  assert train._periodic(config, "log", lambda **_: None)(6)
+  assert not train._periodic(config, "log", lambda **_: None)(5)
 
 
-def test_step_enqueues_the_real_batch(stepped):
-  config, before, after, _, batch = stepped
-  n = config.global_batch_size
-  spec = after.spec
-  d = spec.discriminator()
-  keys = d.apply({"params": before.d_ema_params}, batch["image"], method=d.keys)
-  emb = d.apply({"params": after.d_params}, batch["image"]).embedding
-  np.testing.assert_allclose(after.queue_keys[:n], keys, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(after.queue_emb[:n], emb, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(after.queue_keys[n:], before.queue_keys[n:])
-  np.testing.assert_array_equal(after.queue_emb[n:], before.queue_emb[n:])
-  assert int(after.queue_ptr) == n
-  # The queue starts as random unit vectors.
-  np.testing.assert_allclose(np.linalg.norm(before.queue_emb, axis=1), 1, rtol=1e-5)
-  assert before.queue_keys.shape == (config.queue_size, config.model.d_widths[-1])
+def _step_that(transfer):
+  """A `make_train_step` whose step also does `transfer(metrics)`."""
+  real = train.make_train_step
+
+  def make(mesh):
+    step_fn = real(mesh)
+
+    def wrapped(state, batch):
+      state, metrics = step_fn(state, batch)
+      transfer(metrics)
+      return state, metrics
+    return wrapped
+  return make
 
 
-def test_step_is_finite_and_reports_metrics(stepped):
-  _, _, after, metrics, _ = stepped
-  for leaf in jax.tree.leaves(after):
-    if np.issubdtype(np.asarray(leaf).dtype, np.floating):
-      assert np.all(np.isfinite(leaf))
-  for name in ["d/loss", "d/jsd", "d/real_sim", "d/fake_sim", "d/smoothness",
-               "d/sigma_mean", "d/norm_hinge", "d/embed_norm", "d/probe_ce",
-               "d/probe_acc", "d/grad_norm", "g/loss", "g/jsd", "g/fake_sim",
-               "g/grad_norm"]:
-    assert np.isfinite(metrics[name]), name
-  assert metrics["d/sigma_mean"] > 0
-  assert 0 <= metrics["d/probe_acc"] <= 1
+_IMPLICIT = {
+    # A NumPy constant in an operation on a device array: sent implicitly.
+    "host-to-device": lambda metrics: metrics["d/loss"] * np.float32(2),
+    # A value read to the host without jax.device_get (on a CPU backend the
+    # arrays are host memory: no transfer, nothing to refuse).
+    "device-to-host": lambda metrics: float(metrics["d/loss"]),
+}
 
 
-def test_queue_pointer_wraps(stepped):
-  config, _, after, _, batch = stepped
-  state = jax.device_put(after)
-  steps = config.queue_size // config.global_batch_size
-  for _ in range(steps):
-    state, _ = train_step(state, batch)
-  assert int(state.queue_ptr) == config.global_batch_size   # wrapped once
-
-
-def test_repeated_d_phases_lower_the_d_loss(stepped):
-  config, before, _, _, batch = stepped
-  state = jax.device_put(before)
-  noise = step.draw_step_noise(state.spec, jax.random.PRNGKey(3),
-                               config.global_batch_size)
-  d_phase = jax.jit(step.d_phase)
-  losses = []
-  for _ in range(12):   # G, its state and D_ema stay frozen
-    d = d_phase(state, batch["image"], batch["label"], noise["z_d"], noise["u"])
-    state = state.replace(d_params=d.params, d_opt_state=d.opt_state)
-    losses.append(float(d.result.metrics["loss"]))
-  assert losses[-1] < losses[0] - 0.05, losses
-
-
-def test_repeated_g_phases_lower_the_g_loss(stepped):
-  config, before, _, _, batch = stepped
-  state = jax.device_put(before)
-  noise = step.draw_step_noise(state.spec, jax.random.PRNGKey(4),
-                               config.global_batch_size)
-  real_keys = step.ema_keys(state.spec, state.d_ema_params, batch["image"])
-  g_phase = jax.jit(step.g_phase)
-  losses = []
-  for _ in range(12):   # D and D_ema stay frozen
-    g = g_phase(state, state.d_params, state.g_state, batch["image"], real_keys,
-                noise["z_g"])
-    state = state.replace(g_params=g.params, g_opt_state=g.opt_state)
-    losses.append(float(g.result.metrics["loss"]))
-  assert losses[-1] < losses[0] - 0.01, losses
-
-
-def test_bfloat16_activations_keep_float32_state_and_close_losses(stepped, tiny_config):
-  config, before, _, metrics32, batch = stepped
-  config = tiny_config()
-  config.model.compute_dtype = "bfloat16"
-  state = create_train_state(config, jax.random.PRNGKey(0))
-  # Same initial parameters: the dtype changes the computation, not the init.
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.d_params),
-               before.d_params)
-  after, metrics16 = train_step(state, batch)
-  for leaf in jax.tree.leaves(after):
-    assert leaf.dtype in (jnp.float32, jnp.int32, jnp.uint32), leaf.dtype
-    assert np.all(np.isfinite(leaf))
-  for name in ("d/loss", "d/jsd", "d/real_sim", "d/fake_sim", "g/loss", "g/jsd"):
-    assert float(metrics16[name]) == pytest.approx(float(metrics32[name]), rel=0.05,
-                                                   abs=0.02), name
-
-
-def test_the_step_makes_no_implicit_host_transfers(stepped):
-  """With state and batch on the device, the jitted step neither reads from
-  nor copies to the host (a `float()` or a NumPy constant inside would)."""
-  _, before, _, _, batch = stepped
-  state, batch = jax.device_put((before, batch))
-  jax.block_until_ready((state, batch))
-  with jax.transfer_guard("disallow"):
-    state, metrics = train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-  assert int(state.step) == int(before.step) + 1
+@pytest.mark.parametrize("direction", sorted(_IMPLICIT))
+def test_an_implicit_host_transfer_in_the_step_is_an_error(tmp_path, tiny_digits,
+                                                           monkeypatch, direction):
+  """The loop calls the step under `jax.transfer_guard("disallow")`: a step
+  that moves a value between host and device implicitly fails."""
+  if direction == "device-to-host" and jax.default_backend() == "cpu":
+    pytest.skip("on a CPU backend an array is host memory: reading it is no transfer")
+  monkeypatch.setattr(train, "make_train_step", _step_that(_IMPLICIT[direction]))
+  with pytest.raises(Exception, match=f"Disallowed {direction} transfer"):
+    train.train_and_evaluate(tiny_digits(num_train_steps=1), str(tmp_path))

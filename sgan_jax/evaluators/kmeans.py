@@ -13,6 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics
 
+from sgan_jax import evaluators
 from sgan_jax.utils import unit_rows
 
 
@@ -69,11 +70,15 @@ def matched_accuracy(labels, assign, k):
   return counts[rows, cols].sum() / len(labels)
 
 
-def evaluate(train, test, num_classes, config):
-  del train  # clustering is unsupervised; it is scored on the test split
-  labels = np.asarray(test[1])
-  assign = cluster(test[0], num_classes, config.kmeans_restarts,
-                   config.kmeans_iters)
-  return {"acc": float(matched_accuracy(labels, assign, num_classes)),
-          "nmi": float(metrics.normalized_mutual_info_score(labels, assign)),
-          "ari": float(metrics.adjusted_rand_score(labels, assign))}
+class SphericalKMeans(evaluators.Evaluator):
+  """k-means with as many clusters as classes, `eval.kmeans_restarts` and
+  `eval.kmeans_iters`, on the test split (clustering is unsupervised: the
+  train split is not used); yields `acc`, `nmi` and `ari`."""
+
+  def run(self, train, test):
+    del train
+    labels, k = np.asarray(test[1]), self.num_classes
+    assign = cluster(test[0], k, self.config.kmeans_restarts, self.config.kmeans_iters)
+    yield "acc", float(matched_accuracy(labels, assign, k))
+    yield "nmi", float(metrics.normalized_mutual_info_score(labels, assign))
+    yield "ari", float(metrics.adjusted_rand_score(labels, assign))

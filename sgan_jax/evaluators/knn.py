@@ -2,8 +2,9 @@
 
 Each test row votes with its k most cosine-similar train rows, weighted by
 `exp(sim / temperature)` (k = 200, temperature 0.1 by default). Test rows are
-processed in fixed-size chunks, so at most `chunk x N_train` similarities
-exist at once (50,000 x 10,000 never materialises).
+processed in fixed-size chunks (the last one zero-padded, so one compilation
+serves them all), so at most `chunk x N_train` similarities exist at once
+(50,000 x 10,000 never materialises).
 """
 import functools
 
@@ -11,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgan_jax.utils import unit_rows
+from sgan_jax import evaluators
+from sgan_jax.utils import pad_rows, unit_rows
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
@@ -35,16 +37,17 @@ def predict(train_x, train_y, test_x, num_classes, k=200, temperature=0.1,
   preds = []
   for start in range(0, n, chunk):
     block = test_x[start:start + chunk]
-    rows = len(block)
-    if rows < chunk:   # pad: one compiled shape for every chunk
-      block = np.concatenate([block, np.zeros((chunk - rows,) + block.shape[1:],
-                                              block.dtype)])
-    preds.append(np.asarray(_predict_chunk(bank, bank_labels, block,
-                                           temperature, k, num_classes))[:rows])
+    preds.append(np.asarray(_predict_chunk(bank, bank_labels, pad_rows(block, chunk),
+                                           temperature, k, num_classes))[:len(block)])
   return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
 
 
-def evaluate(train, test, num_classes, config):
-  pred = predict(train[0], train[1], test[0], num_classes, config.knn_k,
-                 config.knn_temperature, config.knn_chunk)
-  return {"top1": float(np.mean(pred == np.asarray(test[1])))}
+class KNearestNeighbours(evaluators.Evaluator):
+  """The weighted k-NN vote with `eval.knn_k`, `eval.knn_temperature` and
+  `eval.knn_chunk`; yields `top1`, the test split's accuracy."""
+
+  def run(self, train, test):
+    c = self.config
+    pred = predict(train[0], train[1], test[0], self.num_classes, c.knn_k,
+                   c.knn_temperature, c.knn_chunk)
+    yield "top1", float(np.mean(pred == np.asarray(test[1])))

@@ -13,14 +13,14 @@ jit, until the gradient norm falls under `eval.lbfgs_tol` or after
 (`LogisticRegression(C)`, `LinearSVC(C)`), with the objective divided by
 `C * n` so that its scale does not depend on the split size; like those, the
 SVM penalises the bias as a weight (+ 0.5 * ||b||^2) and the softmax
-regression does not. When C is not
-fixed in the config it is chosen from `eval.c_grid` by accuracy on a held-out
-`eval.val_fraction` of the train split (a seeded random part), then the model
-is refitted on the whole train split with that C.
+regression does not. When C is not fixed in the config it is chosen from
+`eval.c_grid` by accuracy on a held-out `eval.val_fraction` of the train
+split (a seeded random part), then the model is refitted on the whole train
+split with that C.
 
-Why not SGD: a constant-rate minibatch optimiser matched scikit-learn on
-64-pixel digits but stopped 12 points short on 3,072-d CIFAR pixels; a
-full-batch quasi-Newton solver reaches the regularised optimum whatever the
+Why not SGD: a constant-rate minibatch optimiser falls short of the
+regularised optimum (and of scikit-learn) on high-dimensional inputs such as
+raw CIFAR pixels; a full-batch quasi-Newton solver reaches it whatever the
 dimension, so the accuracy depends on C alone.
 """
 import functools
@@ -32,7 +32,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from sgan_jax import progress
+from sgan_jax import evaluators, progress
 
 
 def softmax_loss(logits, labels, num_classes):
@@ -111,7 +111,7 @@ def _accuracy(params, x, y) -> float:
 
 def _progress(loss: str, dim: int, fits: int) -> progress.Progress:
   """Fits of one evaluator, reported (count, rate, ETA) once they take more
-  than a few seconds: on raw pixels a fit can take minutes."""
+  than a few seconds (`progress.Progress`): on raw pixels a fit is long."""
   return progress.Progress(f"    {loss} fits on {dim}-d features", fits, "fits", every=0.0)
 
 
@@ -159,7 +159,16 @@ def fit_predict(train_x, train_y, test_x, num_classes: int, loss: str,
   return np.argmax(logits, axis=-1), float(c)
 
 
-def evaluate(train, test, num_classes: int, loss: str, c: Optional[float], config):
-  """`{"top1": test accuracy, "c": C used}`."""
-  pred, c = fit_predict(train[0], train[1], test[0], num_classes, loss, c, config)
-  return {"top1": float(np.mean(pred == np.asarray(test[1]))), "c": c}
+class LinearModel(evaluators.Evaluator):
+  """A linear classifier minimising the objective above with `loss` (a key of
+  `LOSSES`), C the `eval` field named by `c_field` (chosen by `choose_c`
+  when that is None); yields `top1`, the test split's accuracy, and `c`, the
+  C used."""
+  loss: str
+  c_field: str
+
+  def run(self, train, test):
+    pred, c = fit_predict(train[0], train[1], test[0], self.num_classes, self.loss,
+                          getattr(self.config, self.c_field), self.config)
+    yield "top1", float(np.mean(pred == np.asarray(test[1])))
+    yield "c", c

@@ -5,6 +5,8 @@ is in `linear_models`)."""
 from sgan_jax.evaluators import linear_models
 
 
-def evaluate(train, test, num_classes, config):
-  return linear_models.evaluate(train, test, num_classes, "softmax",
-                                config.linear_c, config)
+class LinearProbe(linear_models.LinearModel):
+  """Softmax regression (scikit-learn's `LogisticRegression` objective, the
+  bias not penalised); yields `top1` and `c`."""
+  loss = "softmax"
+  c_field = "linear_c"

@@ -1,6 +1,7 @@
-"""What the parity tools share: sgan_jax's side of a comparison (a state
-synced to the reference, the step with its intermediates) and the measures
-of difference (`docs/fidelity.md`)."""
+"""What the parity tools share: the step's inputs (drawn in the authors'
+layout, and as sgan_jax's batch and noise), sgan_jax's side of a comparison
+(a state synced to the reference, the step with its intermediates) and the
+measures of difference (`docs/fidelity.md`)."""
 import re
 
 import jax
@@ -15,14 +16,27 @@ from sgan_jax.utils import path_names
 # conditioned quantity (G's gradient, ~1e5) must agree to far better than this.
 FLOAT64_TOLERANCE = 1e-8
 
-def draw_step_inputs(rng, spec, batch):
-  """A step's inputs for the authors' trainer, float64 NumPy: images [N, 3,
-  H, W] in [-1, 1] (their layout), labels, z_d, z_g, and u [2N, embed]."""
-  return (rng.uniform(-1, 1, (batch, 3, spec.image_size, spec.image_size)),
+
+def draw_step_inputs(rng, spec, batch, dtype=np.float64):
+  """A step's inputs for the authors' trainer, NumPy: images [N, 3, H, W] in
+  [-1, 1] (their layout), int32 labels, z_d, z_g, and u [2N, embed]; the
+  floats drawn in `dtype` (NumPy draws float32 normals by another method
+  than float64 ones)."""
+  size, z_dim = spec.image_size, spec.model.z_dim
+  return (rng.uniform(-1, 1, (batch, 3, size, size)).astype(dtype),
           rng.integers(0, spec.num_classes, batch).astype(np.int32),
-          rng.standard_normal((batch, spec.z_dim)),
-          rng.standard_normal((batch, spec.z_dim)),
-          rng.standard_normal((2 * batch, spec.embed_dim)))
+          rng.standard_normal((batch, z_dim), dtype),
+          rng.standard_normal((batch, z_dim), dtype),
+          rng.standard_normal((2 * batch, spec.model.embed_dim), dtype))
+
+
+def jax_inputs(inputs, dtype=None):
+  """`draw_step_inputs`'s tuple as the step's (batch, noise): images
+  [N, H, W, 3]; the floats cast to `dtype` unless it is None."""
+  images, labels, z_d, z_g, u = inputs
+  cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
+  return ({"image": cast(images.transpose(0, 2, 3, 1)), "label": labels},
+          {"z_d": cast(z_d), "z_g": cast(z_g), "u": cast(u)})
 
 
 def synced_state(trainer, template):
@@ -45,10 +59,12 @@ def make_jax_functions(spec):
   """(step, g_gradient, arithmetic), jitted.
 
   `step(state, batch, noise)`: sgan_jax's training step with injected noise,
-  plus the values the reference computes inside its step (the step's named
-  intermediates, `step.DGrads` and `step.GGrads`) and D's gradient.
-  `g_gradient(state, d_params, ...)`: G's gradient against a given updated D
-  (the reference's: an own D update differs where Adam amplifies rounding).
+  plus the values the reference computes inside its step (the phases' named
+  intermediates, `step.DPhaseOut` and `step.GPhaseOut`), D's gradient and
+  what the G phase takes from the D phase (G's state, the real keys).
+  `g_gradient(state, d_params, g_state, real_keys, batch, noise)`: G's
+  gradient against a given updated D (the reference's: an own D update
+  differs where Adam amplifies rounding).
   `arithmetic(state, d_grads, g_grads)`: the optimiser and EMA updates that
   given gradients produce (the reference's gradients, to compare the update
   rules on equal inputs)."""
@@ -56,26 +72,26 @@ def make_jax_functions(spec):
   def step(state, batch, noise):
     n = batch["image"].shape[0]
     out = step_lib.step_with_phases(state, batch, noise)
-    d = out.d.result
+    d_out = out.d_out
     nchw = lambda a: jnp.transpose(a, (0, 3, 1, 2))
-    values = {"D(x) raw embedding e": d.out.raw_embedding[:n],
-              "D(x) unit embedding z": d.out.embedding[:n],
-              "G(z_d) images": nchw(d.fake),
-              "D(G(z_d)) unit embedding": d.out.embedding[n:],
-              "D_ema keys of x": d.real_keys, "D_ema keys of G(z_d)": d.fake_keys,
-              "sigma (2N, per sample)": d.sigma, "G(z_g) images": nchw(out.g.result.fake),
+    values = {"D(x) raw embedding e": d_out.outputs.raw_embedding[:n],
+              "D(x) unit embedding": d_out.outputs.embedding[:n],
+              "G(z_d) images": nchw(d_out.fake),
+              "D(G(z_d)) unit embedding": d_out.outputs.embedding[n:],
+              "D_ema keys of x": d_out.real_keys, "D_ema keys of G(z_d)": d_out.fake_keys,
+              "sigma (2N, per sample)": d_out.sigma, "G(z_g) images": nchw(out.g_out.fake),
               **{k: v for k, v in out.metrics.items()
                  if not k.endswith(("acc", "grad_norm", "embed_norm", "sigma_mean"))}}
-    return out.state, values, d.grads, (d.g_state, d.real_keys)
+    return out.state, values, d_out.grads, (d_out.state.g_state, d_out.real_keys)
 
   def g_gradient(state, d_params, g_state, real_keys, batch, noise):
-    return step_lib.g_grads(state, d_params, g_state, batch["image"], real_keys,
-                            noise["z_g"]).grads
+    after_d = state.replace(d_params=d_params, g_state=g_state)
+    return step_lib.g_phase(after_d, real_keys, batch, noise).grads
 
   def arithmetic(state, d_grads, g_grads):
-    d_params, _ = step_lib.apply_gradients(spec.d_optimizer(), d_grads,
+    d_params, _ = step_lib.apply_gradients(spec.optim.d_optimizer(), d_grads,
                                            state.d_opt_state, state.d_params)
-    g_params, _ = step_lib.apply_gradients(spec.g_optimizer(), g_grads,
+    g_params, _ = step_lib.apply_gradients(spec.optim.g_optimizer(), g_grads,
                                            state.g_opt_state, state.g_params)
     ema = lambda new, old: step_lib.ema_update(spec, new, old)
     return {"D parameters": d_params, "D_ema parameters": ema(d_params, state.d_ema_params),

@@ -20,8 +20,6 @@ updates) would make sgan_jax drift from the reference faster than the twin
 does. A row passes when it is within `comparison.FLOAT64_TOLERANCE`, or
 within `CONTROL_FACTOR` times the twin's difference in the same column.
 """
-import dataclasses
-
 import jax
 import numpy as np
 
@@ -87,7 +85,7 @@ def run(official_dir: str, batch: int = 4, seed: int = 0, steps: int = 20,
   trainer, twin = (ReferenceTrainer(ref, spec, seed, "float64") for _ in range(2))
   twin.sync_from(trainer)
   template = jax.device_get(create_train_state(config, jax.random.PRNGKey(seed)))
-  spec64 = dataclasses.replace(spec, compute_dtype="float64")
+  spec64 = spec.with_compute_dtype("float64")
   template = comparison.as_float64(template).replace(spec=spec64)
   rng = np.random.default_rng(seed)
   print(f"{steps} steps, float64, each implementation on its own from the same start; "
@@ -104,9 +102,7 @@ def run(official_dir: str, batch: int = 4, seed: int = 0, steps: int = 20,
       values_ref, _ = trainer.step(*args)
       twin.perturb((-1) ** step * TWIN_PERTURBATION)
       values_twin, _ = twin.step(*args)
-      batch_in = {"image": args[0].transpose(0, 2, 3, 1), "label": args[1]}
-      state, values, _, _ = jax.device_get(
-          jax_step(state, batch_in, dict(zip(("z_d", "z_g", "u"), args[2:]))))
+      state, values, _, _ = jax.device_get(jax_step(state, *comparison.jax_inputs(args)))
       reference = comparison.synced_state(trainer, template)
       diffs, pointers = compare(state, values, reference, values_ref)
       twin_diffs, _ = compare(comparison.synced_state(twin, template), values_twin,

@@ -29,7 +29,6 @@ modules and loss functions around a transcription of their loop body), on
 one process, so the batch statistics are over the same rows in both.
 """
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ import numpy as np
 from sgan_jax import config_lib
 from sgan_jax.interop import long_run, pytorch
 from sgan_jax.interop.comparison import (FLOAT64_TOLERANCE, as_float64,
+                                         draw_step_inputs, jax_inputs,
                                          make_jax_functions, over_all, per_tensor,
                                          synced_state, whole,
                                          zero_gradient_biases)
@@ -109,10 +109,7 @@ def step_rows(trainer, jax_fns, start, template, args, shadow=None):
   (rows, wall seconds of each step call). `shadow`, a float64 reference synced to
   `trainer`, adds the reference's own rounding error (column ref-ref64)."""
   jax_step, g_gradient, arithmetic = jax_fns
-  images, labels, z_d, z_g, u = args
-  batch = {"image": images.transpose(0, 2, 3, 1), "label": labels}
-  dtype = np.asarray(jax.tree.leaves(start.d_params)[0]).dtype
-  noise = {"z_d": z_d.astype(dtype), "z_g": z_g.astype(dtype), "u": u.astype(dtype)}
+  batch, noise = jax_inputs(args, np.asarray(jax.tree.leaves(start.d_params)[0]).dtype)
   t0 = time.perf_counter()
   values_ref, grads_ref = trainer.step(*args)
   seconds = {"PyTorch": time.perf_counter() - t0}
@@ -201,7 +198,7 @@ def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2)
                             for dtype in ("float32", "float64", "float64"))
   template = jax.device_get(create_train_state(config, jax.random.PRNGKey(seed)))
   # The step reads its network shapes and dtype from the state's spec.
-  spec64 = dataclasses.replace(spec, compute_dtype="float64")
+  spec64 = spec.with_compute_dtype("float64")
   template64 = as_float64(template).replace(spec=spec64)
   fns32, fns64 = make_jax_functions(spec), make_jax_functions(spec64)
   rng = np.random.default_rng(seed)
@@ -213,13 +210,8 @@ def run_parity(official_dir: str, batch: int = 8, seed: int = 0, steps: int = 2)
     # A new batch each step, as in training: re-feeding a batch would put
     # near-duplicates of its keys in the queue and make the neighbour choice
     # a near-tie.
-    args = (rng.uniform(-1, 1, (batch, 3, spec.image_size, spec.image_size)).astype(np.float32),
-            rng.integers(0, spec.num_classes, batch).astype(np.int32),
-            rng.standard_normal((batch, spec.z_dim), np.float32),
-            rng.standard_normal((batch, spec.z_dim), np.float32),
-            rng.standard_normal((2 * batch, spec.embed_dim), np.float32))
-    jax_args = ({"image": args[0].transpose(0, 2, 3, 1), "label": args[1]},
-                dict(zip(("z_d", "z_g", "u"), args[2:])))
+    args = draw_step_inputs(rng, spec, batch, np.float32)
+    jax_args = jax_inputs(args)
     shadow64.sync_from(ref32)
     rows, secs = step_rows(ref32, fns32, synced_state(ref32, template), template, args, shadow64)
     free32 = fns32[0](free32, *jax_args)[0]

@@ -220,7 +220,7 @@ def g_from_torch(sd: Mapping[str, Any], like_params, like_state, depth: int,
 
 def state_to_torch(state) -> Dict[str, StateDict]:
   """A TrainState as the four state_dicts of the reference's checkpoint."""
-  depth = state.spec.g_depth
+  depth = state.spec.model.g_depth
   d = d_to_torch(state.d_params)
   d["queue"] = np.asarray(state.queue_emb)
   d["bg_queue"] = np.asarray(state.queue_keys)
@@ -244,7 +244,7 @@ def state_from_torch(checkpoint: Mapping[str, Mapping[str, Any]], state):
       raise ConversionError(f"the checkpoint has no {name!r} (it has "
                             f"{sorted(checkpoint)}); pass the dict that the "
                             f"reference's save_checkpoint writes.")
-  depth = state.spec.g_depth
+  depth = state.spec.model.g_depth
   d_params, d_rest = d_from_torch(checkpoint["state_dict_D"], state.d_params)
   queue_emb = _take(d_rest, "queue", state.queue_emb.shape, "queue_emb", "state_dict_D")
   queue_keys = _take(d_rest, "bg_queue", state.queue_keys.shape, "queue_keys",

@@ -81,13 +81,13 @@ class ReferenceTrainer:
     self.dtype = getattr(torch, dtype)
     self.device = torch.device(device)   # "cuda" for their code on a GPU
     torch.manual_seed(seed)   # the same initial values in either dtype
-    args = types.SimpleNamespace(gn_channel_per_group=spec.channels_per_group,
-                                 project_dim=spec.embed_dim,
+    args = types.SimpleNamespace(gn_channel_per_group=spec.model.channels_per_group,
+                                 project_dim=spec.model.embed_dim,
                                  cov_queue_len=spec.queue_size)
     wrap = torch.nn.DataParallel   # gives the `.module` their code expects
     with contextlib.redirect_stdout(open(os.devnull, "w")):   # SN prints
-      self.model_g = wrap(ref.Generator_model(latent_dim=spec.z_dim))
-      self.moment_g = wrap(ref.Generator_model(latent_dim=spec.z_dim))
+      self.model_g = wrap(ref.Generator_model(latent_dim=spec.model.z_dim))
+      self.moment_g = wrap(ref.Generator_model(latent_dim=spec.model.z_dim))
     self.model_d = wrap(ref.Discriminator(args, spec.num_classes))
     self.moment_d = wrap(ref.Discriminator(args, spec.num_classes))
     for online, ema in ((self.model_d, self.moment_d), (self.model_g, self.moment_g)):
@@ -96,12 +96,12 @@ class ReferenceTrainer:
         q.requires_grad = False
     for m in self._models():
       m.to(self.dtype).to(self.device)
-    self.opt_d = torch.optim.AdamW(self.model_d.parameters(), lr=spec.d_lr,
-                                   betas=(spec.b1, spec.b2), eps=spec.adam_eps,
-                                   weight_decay=spec.d_weight_decay)
-    self.opt_g = torch.optim.Adam(self.model_g.parameters(), lr=spec.g_lr,
-                                  betas=(spec.b1, spec.b2), eps=spec.adam_eps)
-    self.momentum = spec.ema_decay
+    o = spec.optim
+    self.opt_d = torch.optim.AdamW(self.model_d.parameters(), lr=o.d_lr, betas=(o.b1, o.b2),
+                                   eps=o.adam_eps, weight_decay=o.d_weight_decay)
+    self.opt_g = torch.optim.Adam(self.model_g.parameters(), lr=o.g_lr, betas=(o.b1, o.b2),
+                                  eps=o.adam_eps)
+    self.momentum = o.ema_decay
     _single_process_group()
 
   def _models(self):
@@ -169,7 +169,7 @@ class ReferenceTrainer:
         if after_d_update is not None:
           after_d_update()
         out.update({
-            "D(x) raw embedding e": embed, "D(x) unit embedding z": norm_embed,
+            "D(x) raw embedding e": embed, "D(x) unit embedding": norm_embed,
             "G(z_d) images": gen_img, "D(G(z_d)) unit embedding": gen_norm_embed,
             "D_ema keys of x": bg_feat, "D_ema keys of G(z_d)": gen_bg_feat,
             "sigma (2N, per sample)": jac_sig,

@@ -35,7 +35,7 @@ def num_stages(resolution: int) -> int:
 class DOutput(NamedTuple):
   backbone: jax.Array    # h [N, widths[-1]]
   raw_embedding: jax.Array   # e [N, embed_dim]
-  embedding: jax.Array   # z = e / ||e|| [N, embed_dim]
+  embedding: jax.Array   # unit embedding e / ||e|| [N, embed_dim]
   probe_logits: jax.Array    # [N, num_classes], on stop_gradient(h)
 
 
@@ -100,7 +100,7 @@ class Dense(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """D: encoder -> h; head Dense-ELU-Dense -> e; z = e/||e||; probe on sg(h).
+  """D: encoder -> h; head Dense-ELU-Dense -> e; e/||e||; probe on sg(h).
 
   Defaults are the CIFAR reference (32x32, ResNet-18 widths, embedding 128,
   10 classes). Parameters live under `encoder`, `head` and `probe`, always in

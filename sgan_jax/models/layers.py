@@ -138,13 +138,13 @@ def _narrow_conv(x, kernel):
   ks, _, cin, cout = kernel.shape
   _, height, width, _ = x.shape
   taps = kernel.reshape(ks * ks, cin, cout)
-  z = jnp.einsum("nhwc,tco->nhwto", x, taps)
+  per_tap = jnp.einsum("nhwc,tco->nhwto", x, taps)
   pad = ks // 2
-  z = jnp.pad(z, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
+  per_tap = jnp.pad(per_tap, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
   out = 0
   for t in range(ks * ks):
     i, j = divmod(t, ks)
-    out = out + z[:, i:i + height, j:j + width, t, :]
+    out = out + per_tap[:, i:i + height, j:j + width, t, :]
   return out
 
 

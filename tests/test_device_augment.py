@@ -1,7 +1,10 @@
-"""The training augmentation, on the device (`sgan_jax.augment`) and on the
-host (`sgan_jax.host_images`, NumPy), against TensorFlow's ops as the
+"""The training augmentation, on the device (`sgan_jax.device_augment`) and on
+the host (`sgan_jax.host_images`, NumPy), against TensorFlow's ops as the
 reference: the same crop box gives the same pixels, and the crop boxes and
-flips follow the same distribution; deterministic, exact on resume."""
+flips that each side draws follow the reference distribution (TensorFlow's
+sampler at the method's settings, written out here); deterministic, exact on
+resume."""
+import functools
 import types
 
 import jax
@@ -11,8 +14,8 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from sgan_jax import (augment, config_lib, dataset_builders, host_images, image_ops,
-                      input_pipeline, sharding)
+from sgan_jax import (config_lib, dataset_builders, device_augment, errors, host_images,
+                      image_ops, input_pipeline, sharding)
 
 # float32 sums of <= 12 weighted pixels on the 0-255 scale: measured 5e-5;
 # 1e-3 leaves room for another summation order, and is 1/4000 of a grey level.
@@ -37,9 +40,9 @@ def test_same_box_gives_tensorflows_pixels(shape, size):
            (0, w // 3, h * 3 // 4, w // 2)]
   for box in boxes:
     want = tf_crop_resize(image, box, size)
-    got = np.asarray(augment.crop_and_resize(jnp.asarray(image), box, size, False))
+    got = np.asarray(device_augment.crop_and_resize(jnp.asarray(image), box, size, False))
     np.testing.assert_allclose(got, want, atol=PIXEL_TOL, rtol=0)
-    flipped = np.asarray(augment.crop_and_resize(jnp.asarray(image), box, size, True))
+    flipped = np.asarray(device_augment.crop_and_resize(jnp.asarray(image), box, size, True))
     np.testing.assert_allclose(flipped, want[:, ::-1], atol=PIXEL_TOL, rtol=0)
     host = image_ops.crop_and_resize_np(image, box, size, False)
     np.testing.assert_allclose(host, want, atol=PIXEL_TOL, rtol=0)
@@ -67,37 +70,85 @@ def test_host_and_device_draw_the_same_box_from_the_same_uniforms():
 
 
 def test_resampling_weights_stay_inside_the_crop():
-  weights = np.asarray(augment.resize_weights(32, 16, 5, 20))
-  assert np.all(weights[:, :5] == 0) and np.all(weights[:, 25:] == 0)
-  np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+  for xp in (np, jnp):   # the host's and the device's
+    weights = np.asarray(image_ops.resize_weights(32, 16, 5, 20, xp=xp))
+    assert np.all(weights[:, :5] == 0) and np.all(weights[:, 25:] == 0)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
 
 
-def test_crop_boxes_and_flips_follow_tensorflows_distribution():
-  n, (h, w) = 4000, (32, 32)
-  ref = []
+# The method's random resized crop (docs/method.md §5), as literal values: the
+# reference sampler gets these, not the code's constants, so a change of
+# either side's settings fails the comparison below.
+REFERENCE_AREA, REFERENCE_ASPECT, REFERENCE_ATTEMPTS = (0.5, 1.0), (3 / 4, 4 / 3), 10
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_boxes(n, h, w):
+  """n crop boxes from TensorFlow's sampler at the method's settings."""
+  out = []
   for i in range(n):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        [h, w, 3], tf.zeros([1, 0, 4]), seed=[3, i], area_range=augment.AREA_RANGE,
-        aspect_ratio_range=augment.RATIO_RANGE, min_object_covered=0.0,
-        max_attempts=augment.MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
-    ref.append((int(begin[0]), int(begin[1]), int(size[0]), int(size[1])))
-  ref = np.array(ref)
-  keys = augment.row_keys(0, 7, n)
-  device = np.asarray(jax.jit(jax.vmap(
-      lambda k: jnp.stack(augment.sample_crop(jax.random.split(k)[0], h, w))))(keys))
+        [h, w, 3], tf.zeros([1, 0, 4]), seed=[3, i], area_range=REFERENCE_AREA,
+        aspect_ratio_range=REFERENCE_ASPECT, min_object_covered=0.0,
+        max_attempts=REFERENCE_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+    out.append((int(begin[0]), int(begin[1]), int(size[0]), int(size[1])))
+  return np.array(out)
+
+
+def _ramps(n, h, w):
+  """n uint8 images whose value grows left to right: a flip (and only a
+  flip) puts the brighter side of any crop on the left."""
+  ramp = np.linspace(0, 255, w).astype(np.uint8)
+  return np.broadcast_to(ramp[None, :, None], (n, h, w, 3)).copy()
+
+
+def _flipped(batch):
+  """Which rows of a batch of augmented `_ramps` are flipped."""
+  batch = np.asarray(batch)
+  return batch[:, :, 0].mean(axis=(1, 2)) > batch[:, :, -1].mean(axis=(1, 2))
+
+
+def test_the_constants_are_the_methods_settings():
+  assert image_ops.AREA_RANGE == REFERENCE_AREA
+  assert image_ops.ASPECT_RANGE == REFERENCE_ASPECT
+  assert image_ops.MAX_ATTEMPTS == REFERENCE_ATTEMPTS
+
+
+def test_device_crop_boxes_and_flips_follow_the_reference_distribution():
+  n, (h, w) = 4000, (32, 32)
+  keys = device_augment.row_keys(0, 7, n)
+  boxes, flips = jax.jit(jax.vmap(
+      lambda k: device_augment.draw_crop_and_flip(k, h, w)))(keys)
+  _check_boxes(_reference_boxes(n, h, w), np.stack([np.asarray(b) for b in boxes], 1),
+               h, w, n)
+  # The batch function flips exactly the rows these draws flip, at rate 1/2.
+  batch = device_augment.augment_batch(jnp.asarray(_ramps(n, h, w)), 7, seed=0, size=16)
+  flipped = _flipped(batch)
+  np.testing.assert_array_equal(flipped, np.asarray(flips))
+  assert abs(flipped.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+
+
+def test_host_crop_boxes_and_flips_follow_the_reference_distribution(monkeypatch):
+  n, (h, w) = 4000, (32, 32)
+  real = image_ops.crop_and_resize_np
+  drawn = []
+
+  def recording(images, boxes, size, flips):
+    drawn.append(np.stack([np.asarray(b) for b in boxes], -1))
+    return real(images, boxes, size, flips)
+  monkeypatch.setattr(image_ops, "crop_and_resize_np", recording)
   rng = np.random.default_rng(5)
-  host = np.array([image_ops.crop_box(rng.random((image_ops.MAX_ATTEMPTS, 4), np.float32), h, w)
-                   for _ in range(n)])
-  for got in (device, host):
-    _check_boxes(ref, got, h, w, n)
-  flips = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(jax.random.split(k)[1]))(keys))
-  assert abs(flips.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+  images = host_images.random_crop_flip(list(_ramps(n, h, w)), 16, rng)
+  (boxes,) = drawn
+  _check_boxes(_reference_boxes(n, h, w), boxes, h, w, n)
+  flipped = _flipped(images)
+  assert abs(flipped.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
 
 
 def _check_boxes(ref, got, h, w, n):
   assert np.all(got[:, 0] + got[:, 2] <= h) and np.all(got[:, 1] + got[:, 3] <= w)
   area = lambda b: b[:, 2] * b[:, 3] / (h * w)
-  assert area(got).min() >= 0.5 - 1e-9
+  assert area(got).min() >= REFERENCE_AREA[0] - 1e-9
   # Two-sample Kolmogorov-Smirnov at alpha = 0.001: critical value
   # 1.95 * sqrt(2 / n) = 0.044 for n = 4000 on each side.
   critical = 1.95 * np.sqrt(2 / n)
@@ -110,7 +161,7 @@ def _check_boxes(ref, got, h, w, n):
 
 def test_batch_is_a_function_of_seed_step_and_row():
   images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), np.uint8))
-  run = jax.jit(lambda x, s: augment.augment_batch(x, s, seed=0, size=16))
+  run = jax.jit(lambda x, s: device_augment.augment_batch(x, s, seed=0, size=16))
   a, b, c = run(images, 5), run(images, 5), run(images, 6)
   assert a.shape == (6, 16, 16, 3) and a.dtype == jnp.float32
   assert -1 <= float(a.min()) and float(a.max()) <= 1
@@ -134,9 +185,9 @@ def test_where_augmentation_runs(tiny_config):
   assert on(fixed, augment_on="auto") == (jax.default_backend() != "cpu")
   assert not on(varying, augment_on="auto") and not on(fixed, augment=False,
                                                        augment_on="device")
-  with pytest.raises(config_lib.ConfigError, match="augment_on='device' needs images of one"):
+  with pytest.raises(errors.ConfigError, match="augment_on='device' needs images of one"):
     on(varying, augment_on="device")
-  with pytest.raises(config_lib.ConfigError, match="augment_on must be"):
+  with pytest.raises(errors.ConfigError, match="augment_on must be"):
     config_lib.validate(tiny_config(augment_on="gpu"))
 
 

@@ -19,21 +19,13 @@ import jax.numpy as jnp
 
 from sgan_jax import image_ops
 
-AREA_RANGE = image_ops.AREA_RANGE
-RATIO_RANGE = image_ops.RATIO_RANGE
-MAX_ATTEMPTS = image_ops.MAX_ATTEMPTS
 _KEY_SALT = 0xA06
-
-
-def resize_weights(in_size: int, out_size: int, begin, length):
-  """`image_ops.resize_weights` in jax.numpy (traceable begin and length)."""
-  return image_ops.resize_weights(in_size, out_size, begin, length, xp=jnp)
 
 
 def sample_crop(key, height: int, width: int):
   """A crop box `(y, x, h, w)` (int32 scalars) of a `height` x `width` image
   (`image_ops.crop_box` with uniforms drawn from `key`)."""
-  u = jax.random.uniform(key, (MAX_ATTEMPTS, image_ops.DRAWS_PER_ATTEMPT))
+  u = jax.random.uniform(key, (image_ops.MAX_ATTEMPTS, image_ops.DRAWS_PER_ATTEMPT))
   return image_ops.crop_box(u, height, width, xp=jnp)
 
 
@@ -41,18 +33,25 @@ def crop_and_resize(image, box, size: int, flip):
   """The uint8 `image` [H, W, C] cropped to `box` (y, x, h, w), resampled to
   `size` x `size`, flipped left-right where `flip`; float32 in [0, 255]."""
   y, x, h, w = box
-  rows = resize_weights(image.shape[0], size, y, h)
-  cols = resize_weights(image.shape[1], size, x, w)
+  rows = image_ops.resize_weights(image.shape[0], size, y, h, xp=jnp)
+  cols = image_ops.resize_weights(image.shape[1], size, x, w, xp=jnp)
   cols = jnp.where(flip, cols[::-1], cols)
   out = jnp.einsum("oh,hwc,pw->opc", rows, image.astype(jnp.float32), cols,
                    precision=jax.lax.Precision.HIGHEST)
   return jnp.clip(out, 0.0, 255.0)
 
 
-def _augment_row(key, image, size: int):
+def draw_crop_and_flip(key, height: int, width: int):
+  """One row's random draws from its key (`row_keys`): the crop box
+  `(y, x, h, w)` of a `height` x `width` image (`sample_crop`) and whether it
+  is flipped (probability 1/2)."""
   k_crop, k_flip = jax.random.split(key)
-  box = sample_crop(k_crop, image.shape[0], image.shape[1])
-  return crop_and_resize(image, box, size, jax.random.bernoulli(k_flip))
+  return sample_crop(k_crop, height, width), jax.random.bernoulli(k_flip)
+
+
+def _augment_row(key, image, size: int):
+  box, flip = draw_crop_and_flip(key, image.shape[0], image.shape[1])
+  return crop_and_resize(image, box, size, flip)
 
 
 def row_keys(seed: int, step, num_rows: int):
