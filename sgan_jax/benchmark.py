@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from sgan_jax import (cli, config_lib, flops, losses, pipeline_rates, profiling,
+from sgan_jax import (cli, config_lib, errors, flops, losses, pipeline_rates, profiling,
                       sharding, step, storage)
 from sgan_jax.state import create_train_state
 from sgan_jax.synthetic import synthetic_batch
@@ -243,7 +243,7 @@ def main(argv):
   del argv
   if FLAGS.official_dir:
     from sgan_jax.interop import timing  # pylint: disable=import-outside-toplevel
-    with cli.exit_on({config_lib.ConfigError: cli.USER_ERROR}):
+    with cli.exit_on({errors.ConfigError: cli.USER_ERROR}):
       timing.check_comparable(FLAGS.config, jax.default_backend())
   cache = cli.use_compilation_cache(FLAGS.compilation_cache_dir)
   result = measure(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.pipeline_batches,

@@ -56,7 +56,7 @@ def main(argv):
         config_flags.get_override_values(FLAGS["config"]))
     config_lib.validate(config)
     if FLAGS.all_steps and FLAGS.step is not None:
-      raise config_lib.ConfigError("--step and --all_steps exclude each other")
+      raise errors.ConfigError("--step and --all_steps exclude each other")
     steps = [FLAGS.step]
     if FLAGS.all_steps:
       steps = evaluation.missing_steps(FLAGS.workdir, FLAGS.output_dir)

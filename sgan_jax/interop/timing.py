@@ -15,7 +15,7 @@ import statistics
 
 import numpy as np
 
-from sgan_jax import config_lib
+from sgan_jax import config_lib, errors
 from sgan_jax.interop import comparison
 from sgan_jax.state import StepSpec
 
@@ -26,12 +26,12 @@ def check_comparable(config, backend: str) -> None:
   reference = config_lib.reference_config()
   if (config.model.to_dict() != reference.model.to_dict()
       or config.image_size != reference.image_size):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         "--official_dir times the authors' networks, which exist only at the "
         "reference architecture (configs/cifar10.py: image_size 32 and its "
         "model.* fields); drop the --config.model.* / image_size overrides")
   if backend not in ("cpu", "gpu"):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"--official_dir runs the authors' step with PyTorch on the CPU or a "
         f"CUDA GPU, but JAX runs on '{backend}': timing them on different "
         f"devices compares nothing; run with JAX_PLATFORMS=cpu")
@@ -44,7 +44,7 @@ def torch_device(backend: str) -> str:
     return "cpu"
   import torch  # pylint: disable=import-outside-toplevel
   if not torch.cuda.is_available():
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         "JAX runs on a GPU but this PyTorch sees no CUDA device "
         f"(torch {torch.__version__}): install a CUDA build of torch, or run "
         "with JAX_PLATFORMS=cpu")
